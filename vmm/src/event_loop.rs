@@ -1,0 +1,144 @@
+//! The VMM thread's event loop (event-manager): host console input to the serial port, and
+//! guest exit requests.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::serial::SerialDevice;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vcpu::{ExitSignal, GuestExit};
+
+/// Input we hold for the guest before we stop reading the host's stdin.
+const MAX_PENDING_INPUT: usize = 4096;
+const STDIN_FD: i32 = libc::STDIN_FILENO;
+
+/// Host stdin → serial receive FIFO, with back-pressure when the guest is not reading.
+pub struct ConsoleInput {
+    serial: Arc<Mutex<SerialDevice>>,
+    rx_space: EventFd,
+    pending: VecDeque<u8>,
+    stdin_watched: bool,
+    stdin_open: bool,
+}
+
+impl ConsoleInput {
+    pub fn new(serial: Arc<Mutex<SerialDevice>>, rx_space: EventFd) -> Self {
+        Self { serial, rx_space, pending: VecDeque::new(), stdin_watched: false, stdin_open: true }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let taken = match self.serial.lock() {
+            Ok(mut s) => s.enqueue_input(self.pending.make_contiguous()),
+            Err(_) => 0,
+        };
+        self.pending.drain(..taken);
+    }
+
+    fn watch_stdin(&mut self, ops: &mut EventOps, watch: bool) {
+        if watch == self.stdin_watched || (watch && !self.stdin_open) {
+            return;
+        }
+        let ev = Events::new_raw(STDIN_FD, EventSet::IN);
+        let result = if watch { ops.add(ev) } else { ops.remove(ev) };
+        match result {
+            Ok(()) => self.stdin_watched = watch,
+            Err(e) => {
+                // A regular file or /dev/null cannot be polled: the guest simply gets no input.
+                log::debug!("stdin cannot be watched ({e:?}); no console input");
+                self.stdin_open = false;
+            }
+        }
+    }
+
+    fn read_stdin(&mut self, ops: &mut EventOps) {
+        let mut buf = [0u8; 256];
+        // SAFETY: reading into a stack buffer of the length we pass; fd 0 stays open for the
+        // life of the process.
+        let n = unsafe { libc::read(STDIN_FD, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            n if n > 0 => self.pending.extend(&buf[..n as usize]),
+            0 => {
+                self.watch_stdin(ops, false);
+                self.stdin_open = false;
+            }
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::Interrupted {
+                    log::warn!("stdin: {err}; console input stops");
+                    self.watch_stdin(ops, false);
+                    self.stdin_open = false;
+                }
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.rx_space, EventSet::IN)) {
+            log::warn!("cannot watch the serial receive FIFO: {e:?}");
+        }
+        self.watch_stdin(ops, true);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == STDIN_FD {
+            if events.event_set().contains(EventSet::IN) {
+                self.read_stdin(ops);
+            } else {
+                // HUP or ERR without data.
+                self.watch_stdin(ops, false);
+                self.stdin_open = false;
+            }
+        } else if events.fd() == self.rx_space.as_raw_fd() {
+            let _ = self.rx_space.read();
+        }
+        self.flush();
+        self.watch_stdin(ops, self.pending.len() < MAX_PENDING_INPUT);
+    }
+}
+
+/// Turns device power events into guest exits and notices when the VM must stop.
+pub struct ExitWatcher {
+    exit: Arc<ExitSignal>,
+    power_off: EventFd,
+    reset: EventFd,
+    done: Arc<AtomicBool>,
+}
+
+impl ExitWatcher {
+    pub fn new(exit: Arc<ExitSignal>, power_off: EventFd, reset: EventFd, done: Arc<AtomicBool>) -> Self {
+        Self { exit, power_off, reset, done }
+    }
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.exit.evt, &self.power_off, &self.reset] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch a guest exit event: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.power_off.as_raw_fd() {
+            let _ = self.power_off.read();
+            self.exit.raise(GuestExit::PowerOff);
+        } else if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.exit.raise(GuestExit::Reset);
+        } else if fd == self.exit.evt.as_raw_fd() {
+            let _ = self.exit.evt.read();
+            self.done.store(true, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! vfvmm's VMM core: configuration, VM lifecycle, vCPU threads, the event loop and devices.
+
+pub mod boot;
+pub mod config;
+pub mod device_manager;
+pub mod event_loop;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::{Cli, KernelConfig, VmConfig};
+pub use vcpu::GuestExit;
+
+/// Process exit codes of `vfvmm`.
+pub mod exit_code {
+    /// The guest powered off (ACPI S5) or the VMM was asked to shut down.
+    pub const POWER_OFF: i32 = 0;
+    /// Bad input or a VMM failure; the message says which.
+    pub const ERROR: i32 = 1;
+    /// The guest asked for a reset (`reboot`, triple fault). vfvmm does not restart guests.
+    pub const GUEST_RESET: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    Kvm(String),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Devices(#[from] device_manager::DeviceManagerError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("event loop: {0}")]
+    EventLoop(std::io::Error),
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+impl GuestExit {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            GuestExit::PowerOff => exit_code::POWER_OFF,
+            GuestExit::Reset => exit_code::GUEST_RESET,
+            GuestExit::Failed(_) => exit_code::ERROR,
+        }
+    }
+}
+
+/// Boots a Linux guest and runs it to completion.
+pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
+    if !config.devices.is_empty() {
+        return Err(VmmError::NotImplemented("--device (VFIO passthrough)"));
+    }
+    if config.api_socket.is_some() {
+        return Err(VmmError::NotImplemented("--api-socket (REST API)"));
+    }
+    let vm = vm::Vm::new(config)?;
+    let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;
+    vm.run(entry)
+}
+
+/// Runs a flat 16-bit real-mode payload loaded at `load_address` (used to test the VMM core
+/// with hand-assembled guests).
+pub fn run_flat(code: &[u8], load_address: u64, config: &VmConfig) -> Result<GuestExit, VmmError> {
+    let vm = vm::Vm::new(config)?;
+    let entry = boot::load_flat(&vm.memory, code, load_address)?;
+    vm.run(entry)
+}

@@ -1,0 +1,95 @@
+//! Guest RAM: anonymous private mappings (accounted, so the host refuses what it cannot
+//! back), registered with KVM as one memory slot per range.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot allocate {size} of guest memory: {source}")]
+    Allocate { size: String, source: vm_memory::mmap::MmapRegionError },
+    #[error("guest memory layout is invalid: {0}")]
+    Layout(String),
+    #[error("{size} of guest memory exceeds what this host's guests can address ({max})")]
+    TooLarge { size: String, max: String },
+    #[error("KVM refused guest memory slot {slot}: {source}")]
+    RegisterSlot { slot: u32, source: kvm_ioctls::Error },
+}
+
+/// Human-readable size, exact when it is a whole number of units.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (name, shift) in UNITS {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {name}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// Allocates RAM for a guest of `size` bytes whose physical address space is `phys_bits`.
+pub fn create_guest_memory(size: u64, phys_bits: u8) -> Result<GuestMemory, MemoryError> {
+    let max = arch::layout::max_memory(phys_bits);
+    if size > max {
+        return Err(MemoryError::TooLarge { size: human_size(size), max: human_size(max) });
+    }
+    let mut regions = Vec::new();
+    for (start, len) in arch::layout::ram_ranges(size) {
+        let len_usize = usize::try_from(len).map_err(|_| MemoryError::Layout(format!("range of {len} bytes")))?;
+        let mapping = MmapRegionBuilder::new(len_usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE)
+            .build()
+            .map_err(|source| MemoryError::Allocate { size: human_size(size), source })?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| MemoryError::Layout(format!("range at {start:#x} overflows")))?;
+        regions.push(region);
+    }
+    GuestMemory::from_regions(regions).map_err(|e| MemoryError::Layout(e.to_string()))
+}
+
+/// Registers every region with KVM.
+pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let host_addr = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| MemoryError::Layout(e.to_string()))? as u64;
+        let region_desc = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_addr,
+            flags: 0,
+        };
+        // SAFETY: the mapping described by `region_desc` is owned by `mem`, which the VMM
+        // keeps alive for as long as the VM exists, and it is not shared with other slots.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|source| MemoryError::RegisterSlot { slot, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(64 << 40), "64 TiB");
+        assert_eq!(human_size(256 << 20), "256 MiB");
+        assert_eq!(human_size(1536 << 20), "1536 MiB");
+        assert_eq!(human_size(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn small_guest_is_one_region_and_huge_is_refused() {
+        let m = create_guest_memory(4 << 20, 40).unwrap();
+        assert_eq!(m.num_regions(), 1);
+        assert!(matches!(create_guest_memory(1 << 40, 40), Err(MemoryError::TooLarge { .. })));
+    }
+}

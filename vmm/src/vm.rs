@@ -1,0 +1,162 @@
+//! VM lifecycle: KVM set-up, memory, devices, boot, vCPU threads and the event loop.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vmm_sys_util::terminal::Terminal;
+
+use crate::boot::EntryPoint;
+use crate::config::{SerialConfig, VmConfig};
+use crate::device_manager::{create_devices, Devices};
+use crate::event_loop::{ConsoleInput, ExitWatcher};
+use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
+use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
+use crate::VmmError;
+
+/// Physical address width assumed when KVM does not report one.
+const DEFAULT_PHYS_BITS: u8 = 36;
+
+pub struct Vm {
+    _kvm: Kvm,
+    fd: VmFd,
+    cpuid: CpuId,
+    pub memory: GuestMemory,
+    pub phys_bits: u8,
+    devices: Devices,
+    config: VmConfig,
+}
+
+impl Vm {
+    /// Opens KVM and builds an (unstarted) VM: irqchip, PIT, RAM, devices.
+    pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
+        let kvm = Kvm::new().map_err(|e| VmmError::Kvm(format!("cannot open /dev/kvm: {e}")))?;
+        for (cap, name) in [(Cap::Irqchip, "in-kernel irqchip"), (Cap::Irqfd, "irqfd"), (Cap::UserMemory, "user memory")] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::Kvm(format!("KVM lacks the {name} capability")));
+            }
+        }
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(config.cpus) > max_vcpus {
+            return Err(VmmError::Kvm(format!("{} vCPUs requested, KVM allows {max_vcpus}", config.cpus)));
+        }
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::Kvm(format!("cannot read supported CPUID: {e}")))?;
+        let phys_bits = arch::cpuid::phys_address_bits(cpuid.as_slice()).unwrap_or(DEFAULT_PHYS_BITS);
+        let fd = kvm.create_vm().map_err(|e| VmmError::Kvm(format!("cannot create a VM: {e}")))?;
+        fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmmError::Kvm(format!("cannot set the TSS address: {e}")))?;
+        fd.create_irq_chip().map_err(|e| VmmError::Kvm(format!("cannot create the irqchip: {e}")))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        fd.create_pit2(pit).map_err(|e| VmmError::Kvm(format!("cannot create the PIT: {e}")))?;
+
+        let memory = create_guest_memory(config.memory, phys_bits)?;
+        register_with_kvm(&fd, &memory)?;
+        let devices = create_devices(&fd, &config.serial)?;
+        Ok(Self { _kvm: kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone() })
+    }
+
+    /// ACPI description of this VM.
+    pub fn acpi_config(&self) -> arch::acpi::AcpiConfig {
+        arch::acpi::AcpiConfig {
+            cpu_count: self.config.cpus,
+            pci_mmio32: (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE),
+            pci_mmio64: arch::layout::pci_mmio64_window(self.config.memory, self.phys_bits),
+        }
+    }
+
+    /// Starts the vCPUs at `entry` and runs the event loop until the guest exits.
+    pub fn run(self, entry: EntryPoint) -> Result<GuestExit, VmmError> {
+        install_kick_handler()?;
+        let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventLoop)?);
+        let shared = Arc::new(VcpuShared {
+            io: self.devices.io.clone(),
+            exit: exit.clone(),
+            stop: AtomicBool::new(false),
+        });
+
+        let mut vcpus = Vec::with_capacity(usize::from(self.config.cpus));
+        for id in 0..self.config.cpus {
+            vcpus.push(create_vcpu(&self.fd, &self.cpuid, id, self.config.cpus, entry)?);
+        }
+
+        let done = Arc::new(AtomicBool::new(false));
+        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| VmmError::EventLoop(std::io::Error::other(format!("{e:?}"))))?;
+        let watcher = ExitWatcher::new(
+            exit.clone(),
+            self.devices.power_off.try_clone().map_err(VmmError::EventLoop)?,
+            self.devices.reset.try_clone().map_err(VmmError::EventLoop)?,
+            done.clone(),
+        );
+        manager.add_subscriber(Arc::new(Mutex::new(watcher)));
+        let _raw_terminal = if self.config.serial == SerialConfig::Tty {
+            let rx = self.devices.serial_rx_space.try_clone().map_err(VmmError::EventLoop)?;
+            manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(self.devices.serial.clone(), rx))));
+            RawTerminal::enter()
+        } else {
+            None
+        };
+
+        let mut handles = Vec::with_capacity(vcpus.len());
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            match VcpuHandle::spawn(id as u8, vcpu, shared.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    exit.raise(GuestExit::Failed(e.to_string()));
+                    break;
+                }
+            }
+        }
+
+        while !done.load(Ordering::Acquire) {
+            if let Err(e) = manager.run() {
+                exit.raise(GuestExit::Failed(format!("event loop: {e:?}")));
+                break;
+            }
+        }
+
+        shared.stop.store(true, Ordering::Release);
+        for handle in handles {
+            let id = handle.id;
+            if let Some(c) = handle.stop() {
+                log::info!(
+                    "vcpu{id} exits: pio={} mmio={} (ecam={}) unhandled pio={} mmio={}",
+                    c.pio, c.mmio, c.mmio_ecam, c.unhandled_pio, c.unhandled_mmio
+                );
+            }
+        }
+        Ok(exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into())))
+    }
+}
+
+/// Puts an interactive stdin in raw mode for the guest's console; restores it on drop.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        match stdin.lock().set_raw_mode() {
+            Ok(()) => Some(Self),
+            Err(e) => {
+                log::warn!("cannot put the terminal in raw mode: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Err(e) = std::io::stdin().lock().set_canon_mode() {
+            log::warn!("cannot restore the terminal: {e}");
+        }
+    }
+}

@@ -23,10 +23,10 @@ fn main() {
             exit(0);
         }
         Err(e) => {
-            // One line: clap's first line without its own "error: " prefix.
+            // One line: clap's message up to its first blank line, without its own prefix.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            fail(format!("{} (see --help)", first.trim_start_matches("error: ")));
+            let message: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            fail(format!("{} (see --help)", message.join(" ").trim_start_matches("error: ")));
         }
     };
     let (kernel, config) = cli.validate().unwrap_or_else(|e| fail(e));

@@ -38,6 +38,8 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables area (inside the legacy BIOS area, where the kernel also scans for the RSDP).
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
+/// Where a CPU starts after reset (F000:FFF0), just below 1 MiB.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Start of high memory: where bzImage protected-mode code is loaded.
 pub const HIMEM_START: u64 = 0x100000;
 

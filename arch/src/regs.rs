@@ -84,6 +84,26 @@ pub fn write_boot_structures<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
     Ok(())
 }
 
+/// Real-mode code at the x86 reset vector (F000:FFF0). Without firmware nothing else is there;
+/// a guest that restarts through the BIOS (Linux does with hardware-reduced ACPI and no EFI)
+/// lands here and asks for a reset through the ACPI reset register.
+pub fn reset_vector_stub() -> [u8; 9] {
+    let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba, port_lo, port_hi, // mov dx, ACPI_RESET_PORT
+        0xb0, ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp short to the hlt
+    ]
+}
+
+/// Writes [`reset_vector_stub`] at the reset vector.
+pub fn write_reset_vector<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))
+        .map_err(RegsError::WriteDescriptorTables)
+}
+
 /// Special registers for the 64-bit entry: long mode, paging on, flat segments.
 pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     let code = segment_from_gdt(BOOT_GDT[1], 1);
@@ -156,6 +176,18 @@ mod tests {
         }
         let gdt1: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
         assert_eq!(gdt1, BOOT_GDT[1]);
+    }
+
+    #[test]
+    fn reset_vector_stub_fits_below_1mib_and_writes_the_reset_port() {
+        let stub = reset_vector_stub();
+        assert!(RESET_VECTOR + stub.len() as u64 <= HIMEM_START);
+        assert_eq!(&stub[..6], &[0xba, 0x02, 0x06, 0xb0, 0x01, 0xee]);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        write_reset_vector(&mem).unwrap();
+        let mut b = [0u8; 9];
+        mem.read_slice(&mut b, GuestAddress(0xffff0)).unwrap();
+        assert_eq!(b, stub);
     }
 
     #[test]

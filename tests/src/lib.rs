@@ -1,1 +1,93 @@
+//! Drives vfvmm's nested testbed (see `resources/` and `tests/testbed/`): builds the images,
+//! boots L1 under QEMU/TCG once per scenario suite, and hands the results to the tests.
+//!
+//! Scenario scripts run inside L1 and leave, for each VMM run NAME, `NAME.log` (the guest
+//! console), `NAME.rc` (exit code), `NAME.err` and timing files in the results directory.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Results of one L1 run.
+#[derive(Debug)]
+pub struct SuiteRun {
+    pub dir: PathBuf,
+    pub l1_exit: Option<i32>,
+}
+
+impl SuiteRun {
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn stderr(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.err"))).unwrap_or_default()
+    }
+
+    /// Exit code of VMM run `name`, if it ran.
+    pub fn rc(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join(format!("{name}.rc"))).ok()?.trim().parse().ok()
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// The console lines that carry L2 markers (`L2-...`), trimmed.
+    pub fn markers(&self, name: &str) -> Vec<String> {
+        self.log(name)
+            .lines()
+            .filter_map(|l| l.find("L2-").map(|i| l[i..].trim_end().to_string()))
+            .collect()
+    }
+}
+
+/// Builds (or reuses) the testbed images; panics with the builder's output on failure.
+pub fn build_images() {
+    let out = Command::new("bash")
+        .arg(repo_root().join("resources/build.sh"))
+        .output()
+        .expect("resources/build.sh runs");
+    assert!(
+        out.status.success(),
+        "resources/build.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The release vfvmm binary the scenarios run inside L1 (built by `make test`).
+pub fn vfvmm_binary() -> PathBuf {
+    let bin = repo_root().join("target/release/vfvmm");
+    assert!(bin.exists(), "{} is missing: run `cargo build --release` (make test does)", bin.display());
+    bin
+}
+
+/// Boots L1 once with `scenario` (a path relative to the repo) and returns its results.
+pub fn run_suite(scenario: &str, timeout_secs: u64) -> SuiteRun {
+    build_images();
+    vfvmm_binary();
+    let dir = std::env::temp_dir().join(format!(
+        "vfvmm-testbed-{}-{}",
+        Path::new(scenario).file_stem().and_then(|s| s.to_str()).unwrap_or("suite"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("results dir");
+    let script = repo_root().join(scenario);
+    let status = Command::new("bash")
+        .arg(repo_root().join("tests/testbed/run-l1.sh"))
+        .arg(&script)
+        .arg(&dir)
+        .arg(timeout_secs.to_string())
+        .stdout(std::fs::File::create(dir.join("run-l1.out")).expect("log file"))
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .expect("run-l1.sh runs");
+    eprintln!("testbed results in {}", dir.display());
+    SuiteRun { dir, l1_exit: status.code() }
+}

@@ -9,7 +9,7 @@ use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::terminal::Terminal;
 
-use crate::boot::EntryPoint;
+use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher};
@@ -56,6 +56,7 @@ impl Vm {
 
         let memory = create_guest_memory(config.memory, phys_bits)?;
         register_with_kvm(&fd, &memory)?;
+        arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
         let devices = create_devices(&fd, &config.serial)?;
         Ok(Self { _kvm: kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone() })
     }

@@ -118,3 +118,14 @@ fn acpi_reset_register_is_a_reset() {
     let (result, _) = run_guest(&asm.0, "acpireset");
     assert_eq!(result.expect("VM runs"), GuestExit::Reset);
 }
+
+#[test]
+fn restart_through_the_reset_vector_is_a_reset() {
+    // What Linux does on reboot with hardware-reduced ACPI and no EFI: jump to F000:FFF0.
+    let mut asm = Asm::default();
+    asm.print(b"far jump\n");
+    asm.0.extend_from_slice(&[0xea, 0xf0, 0xff, 0x00, 0xf0]); // jmp far f000:fff0
+    let (result, out) = run_guest(&asm.0, "resetvector");
+    assert_eq!(result.expect("VM runs"), GuestExit::Reset);
+    assert_eq!(out, b"far jump\n");
+}

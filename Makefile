@@ -23,7 +23,7 @@ unit-test: deps
 	VFVMM_REQUIRE_IASL=1 $(CARGO) test --workspace
 
 testbed-test: build images
-	$(CARGO) test -p vfvmm-tests --release -- --ignored --test-threads=$(TESTBED_THREADS)
+	$(CARGO) test -p vfvmm-tests -- --ignored --test-threads=$(TESTBED_THREADS)
 
 test: unit-test testbed-test
 

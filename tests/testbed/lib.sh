@@ -1,0 +1,167 @@
+# shellcheck shell=bash
+# Helpers for testbed scenario scripts (bash, run inside the L1 chroot by run-l1.sh).
+# Source it:  . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+#
+# A VMM run NAME produces, in $RESULTS:
+#   NAME.start    epoch-ns (L1 clock) written right before exec of the VMM command
+#   NAME.log      the VMM's stdout (the guest console), one line per line, CR stripped
+#   NAME.err      the VMM's stderr
+#   NAME.markers  "<epoch-ns> <marker...>" for each console line containing L<digit>-<UPPER>...,
+#                 starting at the marker (L1 clock, taken when the line was read)
+#   NAME.first    epoch-ns when the first console line was read (absent if there was no output)
+#   NAME.end      epoch-ns when the VMM's stdout closed (normally: process exit)
+#   NAME.rc       the exit code (124: timed out, 137: killed after the grace period)
+# Stdin of the VMM is a fifo (in $TESTBED_RUN) that stays open until the run ends: the VMM never
+# sees EOF, and send_input writes lines into it.
+#
+# API:
+#   vmm_start NAME TIMEOUT -- CMD...        start in the background
+#   vmm_wait NAME                           wait, write NAME.rc, return the exit code
+#   run_vmm NAME TIMEOUT -- CMD...          vmm_start + vmm_wait
+#   wait_for_marker NAME TEXT [TIMEOUT]     wait for a console line containing TEXT (fixed string);
+#                                           1 on timeout or when the VMM exited without it
+#   send_input NAME TEXT                    write TEXT + newline to the VMM's stdin
+#   send_input_when NAME MARKER TEXT [TIMEOUT]   wait_for_marker, then send_input
+#   vmm_kill NAME                           TERM, then KILL after 5 s (the VMM's process group)
+#   marker_ms NAME MARKER                   ms from NAME.start to the first MARKER line
+#   check NAME CONDITION...                 run CONDITION; log "CHECK NAME PASS|FAIL"; count failures
+# Stragglers are killed on exit (trap tb_cleanup EXIT; call tb_cleanup yourself if you replace it).
+
+: "${RESULTS:?RESULTS is not set (run scenarios through run-l1.sh)}"
+TESTBED_CACHE=${TESTBED_CACHE:-/var/cache/vfvmm}
+TESTBED_RUN=${TESTBED_RUN:-/tmp/testbed-run}   # fifos; must not be on 9p
+TESTBED_ECHO=${TESTBED_ECHO:-1}                 # 1: echo VMM console lines to stderr as "[NAME] ..."
+mkdir -p "$RESULTS" "$TESTBED_RUN"
+
+declare -gA _VMM_PID=() _VMM_READER=() _VMM_INFD=()
+TB_FAILURES=0
+
+tb_log() { printf 'testbed: %s\n' "$*" >&2; }
+now_ns() { local t=$EPOCHREALTIME; printf '%s000\n' "${t/./}"; }
+
+# _vmm_reader NAME: console (stdin) -> NAME.log, NAME.markers, and stderr if TESTBED_ECHO=1.
+_vmm_reader() {
+    local name=$1 line t first=1
+    while IFS= read -r line || [[ -n $line ]]; do
+        if ((first)); then now_ns > "$RESULTS/$name.first"; first=0; fi
+        line=${line%$'\r'}
+        printf '%s\n' "$line" >&3
+        if [[ $line =~ (L[0-9]-[A-Z][A-Z0-9-]*.*) ]]; then
+            t=$EPOCHREALTIME
+            printf '%s000 %s\n' "${t/./}" "${BASH_REMATCH[1]}" >&4
+        fi
+        if [[ $TESTBED_ECHO == 1 ]]; then printf '[%s] %s\n' "$name" "$line" >&2; fi
+    done 3>"$RESULTS/$name.log" 4>"$RESULTS/$name.markers"
+    now_ns > "$RESULTS/$name.end"
+}
+
+vmm_start() {
+    local name=$1 timeout=$2
+    shift 2
+    [[ ${1:-} == -- ]] && shift
+    (($#)) || { tb_log "vmm_start $name: no command"; return 2; }
+    local in=$TESTBED_RUN/$name.in out=$TESTBED_RUN/$name.out fd
+    rm -f "$in" "$out" "$RESULTS/$name".{start,first,log,err,markers,end,rc}
+    mkfifo "$in" "$out"
+    exec {fd}<>"$in"           # our own reader+writer: opening the fifo never blocks, no EOF
+    _VMM_INFD[$name]=$fd
+    _vmm_reader "$name" <"$out" &
+    _VMM_READER[$name]=$!
+    # timeout puts the VMM in its own process group (killed as a whole on timeout/vmm_kill).
+    # The inner bash stamps NAME.start and execs the VMM.
+    timeout --kill-after=5 "$timeout" \
+        bash -c 't=$EPOCHREALTIME; echo "${t/./}000" > "$0"; exec "$@"' "$RESULTS/$name.start" "$@" \
+        <"$in" >"$out" 2>"$RESULTS/$name.err" {fd}>&- &
+    _VMM_PID[$name]=$!
+    tb_log "started $name (pid ${_VMM_PID[$name]}, timeout ${timeout}s): $*"
+}
+
+vmm_running() { [[ -n ${_VMM_PID[$1]:-} ]] && kill -0 "${_VMM_PID[$1]}" 2>/dev/null; }
+
+vmm_wait() {
+    local name=$1 rc=0 fd
+    [[ -n ${_VMM_PID[$name]:-} ]] || { tb_log "vmm_wait: $name was not started"; return 2; }
+    wait "${_VMM_PID[$name]}" || rc=$?
+    wait "${_VMM_READER[$name]}" 2>/dev/null || true
+    fd=${_VMM_INFD[$name]}
+    exec {fd}>&-
+    rm -f "$TESTBED_RUN/$name.in" "$TESTBED_RUN/$name.out"
+    unset "_VMM_PID[$name]" "_VMM_READER[$name]" "_VMM_INFD[$name]"
+    echo "$rc" > "$RESULTS/$name.rc"
+    tb_log "$name exited with $rc"
+    if [[ $rc != 0 && -s $RESULTS/$name.err ]]; then
+        tb_log "$name stderr (tail):"; tail -n 20 "$RESULTS/$name.err" >&2
+    fi
+    return "$rc"
+}
+
+run_vmm() {
+    local name=$1
+    vmm_start "$@" || return
+    vmm_wait "$name"
+}
+
+vmm_kill() {
+    local name=$1 pid=${_VMM_PID[$1]:-} i
+    [[ -n $pid ]] || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do vmm_running "$name" || return 0; sleep 0.1; done
+    tb_log "$name did not stop on SIGTERM, killing"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}
+
+wait_for_marker() {
+    local name=$1 text=$2 timeout=${3:-60} deadline
+    deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        if grep -qaF -- "$text" "$RESULTS/$name.log" 2>/dev/null; then return 0; fi
+        if ! vmm_running "$name"; then
+            # it may have printed the marker just before exiting; the reader may still be writing
+            sleep 0.2
+            grep -qaF -- "$text" "$RESULTS/$name.log" 2>/dev/null && return 0
+            tb_log "wait_for_marker $name: exited without '$text'"; return 1
+        fi
+        sleep 0.1
+    done
+    tb_log "wait_for_marker $name: no '$text' after ${timeout}s"
+    return 1
+}
+
+send_input() {
+    local name=$1 text=$2
+    [[ -n ${_VMM_INFD[$name]:-} ]] || { tb_log "send_input: $name is not running"; return 2; }
+    printf '%s\n' "$text" >&"${_VMM_INFD[$name]}"
+    tb_log "sent to $name: $text"
+}
+
+send_input_when() {
+    wait_for_marker "$1" "$2" "${4:-60}" && send_input "$1" "$3"
+}
+
+marker_ms() {
+    local name=$1 marker=$2 start t
+    start=$(cat "$RESULTS/$name.start" 2>/dev/null) || return 1
+    t=$(awk -v m="$marker" '$2 == m { print $1; exit }' "$RESULTS/$name.markers")
+    [[ -n $t ]] || return 1
+    echo $(((t - start) / 1000000))
+}
+
+check() {
+    local name=$1
+    shift
+    if "$@" >/dev/null 2>&1; then
+        echo "CHECK $name PASS"
+    else
+        echo "CHECK $name FAIL"
+        TB_FAILURES=$((TB_FAILURES + 1))
+    fi
+}
+
+tb_cleanup() {
+    local name
+    for name in "${!_VMM_PID[@]}"; do
+        tb_log "cleanup: stopping $name"
+        vmm_kill "$name"
+    done
+}
+trap tb_cleanup EXIT

@@ -1,0 +1,102 @@
+#!/bin/bash
+# Boot the L1 "SR-IOV host" under TCG and run SCRIPT in it (chroot into L0's read-only /).
+# Usage: run-l1.sh SCRIPT RESULTS_DIR [TIMEOUT_SECONDS]     (default timeout 600)
+#        run-l1.sh shell RESULTS_DIR                         (interactive L1 shell; Ctrl-A x quits)
+# SCRIPT: absolute L0 path, run as `bash SCRIPT` with RESULTS=/tmp/results (= RESULTS_DIR on L0),
+#         TESTBED_CACHE (image cache), TESTBED_L1=1.
+# Writes RESULTS_DIR/l1-console.log (console, CR stripped), l1-exit-code, l1-start (epoch ns of
+# QEMU start), l1-markers ("<epoch-ns> L1-..." per marker line, L0 clock).
+# Exit: the script's exit code; 124 on timeout; 125 if L1 printed no L1-SCRIPT-EXIT marker.
+# Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 2), VFVMM_SKIP_BUILD=1.
+set -euo pipefail
+
+usage() { echo "usage: $0 SCRIPT|shell RESULTS_DIR [TIMEOUT_SECONDS]" >&2; exit 2; }
+[[ $# -ge 2 && $# -le 3 ]] || usage
+SCRIPT=$1
+TIMEOUT=${3:-600}
+[[ $TIMEOUT =~ ^[0-9]+$ ]] || usage
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
+SMP=${VFVMM_L1_SMP:-2}
+
+if [[ $SCRIPT != shell ]]; then
+    [[ $SCRIPT == /* ]] || { echo "run-l1.sh: SCRIPT must be an absolute path" >&2; exit 2; }
+    [[ -f $SCRIPT ]] || { echo "run-l1.sh: no such script: $SCRIPT" >&2; exit 2; }
+fi
+# L1 mounts its own proc/sys/dev and tmpfs over these, so L0 files there are invisible in L1.
+hidden_in_l1() { [[ $1 =~ ^/(tmp|run|var/tmp|dev|proc|sys)(/|$) ]]; }
+for p in "$SCRIPT" "$CACHE"; do
+    if hidden_in_l1 "$(realpath -m "$p")"; then
+        echo "run-l1.sh: $p is under a path that L1 hides (/tmp /run /var/tmp /dev /proc /sys)" >&2
+        exit 2
+    fi
+done
+mkdir -p "$2"
+RESULTS_DIR=$(realpath "$2")
+[[ $CACHE == /* ]] || CACHE=$(realpath "$CACHE")
+
+# Images are cached; a warm build.sh only checks hashes (~0.2 s).
+[[ ${VFVMM_SKIP_BUILD:-0} == 1 ]] || "$REPO/resources/build.sh" -q >/dev/null
+
+APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE"
+[[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
+QEMU=(qemu-system-x86_64
+    -accel tcg,thread=multi -cpu max -M q35 -m 2048 -smp "$SMP"
+    -nographic -no-reboot -nodefaults -serial stdio
+    -device intel-iommu
+    -device pcie-root-port,id=rp1,slot=1,chassis=1
+    -device igb,bus=rp1,netdev=n0 -netdev hubport,id=n0,hubid=0
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+    -virtfs "local,path=$RESULTS_DIR,mount_tag=results,security_model=none"
+    -kernel "$CACHE/vmlinuz" -initrd "$CACHE/l1.cpio.gz"
+    -append "$APPEND")
+
+if [[ $SCRIPT == shell ]]; then exec "${QEMU[@]}"; fi
+
+LOG=$RESULTS_DIR/l1-console.log
+MARKERS=$RESULTS_DIR/l1-markers
+rm -f "$LOG" "$MARKERS" "$RESULTS_DIR/l1-exit-code" "$RESULTS_DIR/l1-start"
+
+# Copies the console to stdout and LOG (CR stripped); timestamps L1-* markers into MARKERS.
+console_reader() {
+    local line t
+    while IFS= read -r line || [[ -n $line ]]; do
+        line=${line%$'\r'}
+        printf '%s\n' "$line"
+        printf '%s\n' "$line" >&3
+        if [[ $line =~ (L1-[A-Z][A-Z0-9-]*.*) ]]; then
+            t=$EPOCHREALTIME
+            printf '%s000 %s\n' "${t/./}" "${BASH_REMATCH[1]}" >&4
+        fi
+    done 3>"$LOG" 4>"$MARKERS"
+}
+
+# A terminal on stdin: keep it (QEMU reads it; timeout must stay in the foreground group).
+TIMEOUT_OPTS=(--kill-after=10)
+if [[ -t 0 ]]; then TIMEOUT_OPTS+=(--foreground); else exec </dev/null; fi
+
+t=$EPOCHREALTIME
+echo "${t/./}000" > "$RESULTS_DIR/l1-start"
+set +e
+timeout "${TIMEOUT_OPTS[@]}" "$TIMEOUT" "${QEMU[@]}" 2>&1 | console_reader
+qrc=${PIPESTATUS[0]}
+set -e
+
+marker=$(grep -a -o 'L1-SCRIPT-EXIT [0-9]*' "$LOG" | tail -n 1 || true)
+if [[ $qrc == 124 || $qrc == 137 ]]; then
+    rc=124; why="timeout after ${TIMEOUT}s"
+elif [[ -n $marker ]]; then
+    rc=${marker#L1-SCRIPT-EXIT }; why="script exit code"
+else
+    rc=125; why="no L1-SCRIPT-EXIT marker (qemu exit $qrc)"
+fi
+echo "$rc" > "$RESULTS_DIR/l1-exit-code"
+
+# Summary: L0-clock seconds from QEMU start to each L1 milestone.
+start=$(cat "$RESULTS_DIR/l1-start")
+awk -v s="$start" '$2 ~ /^L1-(INIT-START|SCRIPT-START|SCRIPT-EXIT)$/ {
+    printf "run-l1.sh: %-16s +%.2fs\n", $2, ($1 - s) / 1e9 }' "$MARKERS" >&2
+t=$EPOCHREALTIME
+echo "run-l1.sh: exit $rc ($why), total $(( (${t/./}000 - start) / 1000000 )) ms" >&2
+exit "$rc"

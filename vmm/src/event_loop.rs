@@ -142,3 +142,58 @@ impl MutEventSubscriber for ExitWatcher {
         }
     }
 }
+
+/// Termination signals (SIGTERM, SIGINT, SIGHUP) become a clean VM stop: the handler only
+/// writes to an eventfd, which the event loop turns into [`GuestExit::Terminated`].
+pub struct TerminationSignals {
+    evt: EventFd,
+    exit: Arc<ExitSignal>,
+}
+
+static TERMINATION_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static TERMINATION_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+const TERMINATION_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+extern "C" fn on_termination_signal(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERMINATION_SIGNAL.store(signal, Ordering::SeqCst);
+    let fd = TERMINATION_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `fd` is an eventfd kept open by the
+        // `TerminationSignals` that published it, and we pass a valid 8-byte buffer.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), std::mem::size_of::<u64>()) };
+    }
+}
+
+impl TerminationSignals {
+    pub fn install(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        TERMINATION_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
+        for signal in TERMINATION_SIGNALS {
+            vmm_sys_util::signal::register_signal_handler(signal, on_termination_signal)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        }
+        Ok(Self { evt, exit })
+    }
+}
+
+impl Drop for TerminationSignals {
+    fn drop(&mut self) {
+        TERMINATION_FD.store(-1, Ordering::SeqCst);
+    }
+}
+
+impl MutEventSubscriber for TerminationSignals {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::warn!("cannot watch termination signals: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        let signal = TERMINATION_SIGNAL.load(Ordering::SeqCst);
+        log::info!("signal {signal}: stopping the VM");
+        self.exit.raise(GuestExit::Terminated(signal));
+    }
+}

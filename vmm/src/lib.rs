@@ -19,6 +19,7 @@ pub mod exit_code {
     pub const ERROR: i32 = 1;
     /// The guest asked for a reset (`reboot`, triple fault). vfvmm does not restart guests.
     pub const GUEST_RESET: i32 = 3;
+    // A termination signal (SIGTERM, SIGINT, SIGHUP) stops the VM cleanly and exits 128 + signal.
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,7 @@ impl GuestExit {
             GuestExit::PowerOff => exit_code::POWER_OFF,
             GuestExit::Reset => exit_code::GUEST_RESET,
             GuestExit::Failed(_) => exit_code::ERROR,
+            GuestExit::Terminated(signal) => 128 + signal,
         }
     }
 }

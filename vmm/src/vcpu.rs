@@ -43,6 +43,8 @@ pub enum GuestExit {
     Reset,
     /// The VM cannot continue.
     Failed(String),
+    /// vfvmm received this termination signal (SIGTERM, SIGINT, SIGHUP).
+    Terminated(i32),
 }
 
 /// First-reason-wins notification from any thread to the VMM thread.

@@ -12,7 +12,7 @@ use vmm_sys_util::terminal::Terminal;
 use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
-use crate::event_loop::{ConsoleInput, ExitWatcher};
+use crate::event_loop::{ConsoleInput, ExitWatcher, TerminationSignals};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
 use crate::VmmError;
@@ -95,6 +95,8 @@ impl Vm {
             done.clone(),
         );
         manager.add_subscriber(Arc::new(Mutex::new(watcher)));
+        let signals = TerminationSignals::install(exit.clone()).map_err(VmmError::EventLoop)?;
+        manager.add_subscriber(Arc::new(Mutex::new(signals)));
         let _raw_terminal = if self.config.serial == SerialConfig::Tty {
             let rx = self.devices.serial_rx_space.try_clone().map_err(VmmError::EventLoop)?;
             manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(self.devices.serial.clone(), rx))));

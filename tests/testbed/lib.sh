@@ -28,6 +28,9 @@
 # Stragglers are killed on exit (trap tb_cleanup EXIT; call tb_cleanup yourself if you replace it).
 
 : "${RESULTS:?RESULTS is not set (run scenarios through run-l1.sh)}"
+# Scenarios create VFs and bind devices: refuse to run anywhere but inside the testbed's L1,
+# whose kernel command line carries vfvmm.script= (never on the host's own PCI devices).
+grep -q 'vfvmm\.script=' /proc/cmdline || { echo "testbed: refusing to run outside the testbed L1" >&2; exit 1; }
 TESTBED_CACHE=${TESTBED_CACHE:-/var/cache/vfvmm}
 TESTBED_RUN=${TESTBED_RUN:-/tmp/testbed-run}   # fifos; must not be on 9p
 TESTBED_ECHO=${TESTBED_ECHO:-1}                 # 1: echo VMM console lines to stderr as "[NAME] ..."

@@ -3,7 +3,8 @@
 # Loads the modules from /etc/modules.order, mounts L0's / (9p tag hostroot, read-only) at /host
 # and the results dir (9p tag results) at /host/tmp/results, brings up the igb PF as 192.0.2.1/24,
 # then runs `chroot /host /bin/bash $vfvmm.script` and powers off.
-# Kernel command line: vfvmm.script=ABS_PATH (none: interactive shell), vfvmm.cache=DIR.
+# Kernel command line: vfvmm.script=ABS_PATH (none: interactive shell), vfvmm.cache=DIR,
+# vfvmm.repo=DIR (both shared read-only over 9p and mounted at the same path).
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -14,11 +15,13 @@ up_s() { read -r up _ </proc/uptime; echo "$up"; }
 echo "L1-INIT-START uptime=$(up_s)"
 
 script=
+repo=
 cache=/var/cache/vfvmm
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vfvmm.script=*) script=${arg#*=} ;;
         vfvmm.cache=*) cache=${arg#*=} ;;
+        vfvmm.repo=*) repo=${arg#*=} ;;
     esac
 done
 
@@ -59,6 +62,13 @@ mount -t tmpfs -o mode=755 tmpfs /host/run
 mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
 mkdir -p /host/tmp/results
 mount -t 9p -o "$opts" results /host/tmp/results || echo "L1-WARNING no 9p tag results"
+# The repository and the image cache at their L0 paths (they may be under /tmp, hidden above).
+for share in "repo:$repo" "cache:$cache"; do
+    tag=${share%%:*} dir=${share#*:}
+    [ -n "$dir" ] || continue
+    mkdir -p "/host$dir" 2>/dev/null
+    mount -t 9p -o "$opts,ro" "$tag" "/host$dir" || echo "L1-WARNING cannot mount 9p tag $tag at $dir"
+done
 
 # The igb PF: up, with a documentation address so L2 has something to ping.
 pf=/sys/bus/pci/devices/0000:01:00.0

@@ -25,13 +25,19 @@ if [[ $SCRIPT != shell ]]; then
     [[ -f $SCRIPT ]] || { echo "run-l1.sh: no such script: $SCRIPT" >&2; exit 2; }
 fi
 # L1 mounts its own proc/sys/dev and tmpfs over these, so L0 files there are invisible in L1.
+# The repository and the image cache are shared separately and mounted at their L0 paths, so
+# a clone or cache under /tmp works; other scripts must live elsewhere.
 hidden_in_l1() { [[ $1 =~ ^/(tmp|run|var/tmp|dev|proc|sys)(/|$) ]]; }
-for p in "$SCRIPT" "$CACHE"; do
-    if hidden_in_l1 "$(realpath -m "$p")"; then
-        echo "run-l1.sh: $p is under a path that L1 hides (/tmp /run /var/tmp /dev /proc /sys)" >&2
+for p in "$REPO" "$CACHE"; do
+    if [[ $(realpath -m "$p") =~ ^/(dev|proc|sys)(/|$) || $p =~ [[:space:],] ]]; then
+        echo "run-l1.sh: $p cannot be shared into L1 (under /dev /proc /sys, or has spaces/commas)" >&2
         exit 2
     fi
 done
+if [[ $SCRIPT != shell && $(realpath -m "$SCRIPT") != "$REPO"/* ]] && hidden_in_l1 "$(realpath -m "$SCRIPT")"; then
+    echo "run-l1.sh: $SCRIPT is under a path that L1 hides (/tmp /run /var/tmp /dev /proc /sys)" >&2
+    exit 2
+fi
 mkdir -p "$2"
 RESULTS_DIR=$(realpath "$2")
 [[ $CACHE == /* ]] || CACHE=$(realpath "$CACHE")
@@ -39,7 +45,7 @@ RESULTS_DIR=$(realpath "$2")
 # Images are cached; a warm build.sh only checks hashes (~0.2 s).
 [[ ${VFVMM_SKIP_BUILD:-0} == 1 ]] || "$REPO/resources/build.sh" -q >/dev/null
 
-APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE"
+APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REPO"
 [[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
 QEMU=(qemu-system-x86_64
     -accel tcg,thread=multi -cpu max -M q35 -m 2048 -smp "$SMP"
@@ -49,6 +55,8 @@ QEMU=(qemu-system-x86_64
     -device igb,bus=rp1,netdev=n0 -netdev hubport,id=n0,hubid=0
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$RESULTS_DIR,mount_tag=results,security_model=none"
+    -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on,multidevs=remap"
+    -virtfs "local,path=$CACHE,mount_tag=cache,security_model=none,readonly=on,multidevs=remap"
     -kernel "$CACHE/vmlinuz" -initrd "$CACHE/l1.cpio.gz"
     -append "$APPEND")
 

@@ -13,14 +13,17 @@ dmesg > "$RESULTS/l1-dmesg.log"
 # set_numvfs N: write sriov_numvfs and wait (up to 30 s) until N virtfn links exist.
 set_numvfs() {
     echo "$1" > "$PF/sriov_numvfs"
-    local i
+    local i vfs
     for ((i = 0; i < 300; i++)); do
-        [[ $(find "$PF" -maxdepth 1 -name 'virtfn*' | wc -l) == "$1" ]] && return 0
+        vfs=("$PF"/virtfn*)
+        ((${#vfs[@]} == $1)) && return 0
         sleep 0.1
     done
     return 1
 }
+shopt -s nullglob
 group_of() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
+driver_of() { local d; d=$(readlink "$1/driver") && basename "$d" || echo none; }
 
 {
     echo "KERNEL $(uname -r)"
@@ -29,7 +32,7 @@ group_of() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
     echo "KVM_AMD_NPT $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || echo missing)"
     grep -o 'kvm_amd: .*' "$RESULTS/l1-dmesg.log" | sed 's/^/DMESG /' || true
     echo "IOMMU_GROUPS $(find /sys/kernel/iommu_groups -mindepth 1 -maxdepth 1 | wc -l)"
-    echo "PF $(cat "$PF/vendor") $(cat "$PF/device") driver=$(basename "$(readlink "$PF/driver")")" \
+    echo "PF $(cat "$PF/vendor") $(cat "$PF/device") driver=$(driver_of "$PF")" \
          "totalvfs=$(cat "$PF/sriov_totalvfs") iommu_group=$(group_of 0000:01:00.0)"
     echo "PF_NET $(ls "$PF/net") $(ip -o -4 addr show dev "$(ls "$PF/net")" | awk '{print $4}')"
     echo "VFIO $(ls /dev/vfio | tr '\n' ' ')"
@@ -49,7 +52,7 @@ group_of() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
     for vf in "$PF"/virtfn*; do
         bdf=$(basename "$(readlink "$vf")")
         echo "VF $bdf $(cat "$vf/vendor") $(cat "$vf/device") iommu_group=$(group_of "$bdf")" \
-             "driver=$(basename "$(readlink "$vf/driver" 2>/dev/null)" 2>/dev/null || echo none)"
+             "driver=$(driver_of "$vf")"
     done
     check vf0-10ca test "$(cat /sys/bus/pci/devices/0000:01:10.0/device 2>/dev/null)" = 0x10ca
     check vf1-10ca test "$(cat /sys/bus/pci/devices/0000:01:10.2/device 2>/dev/null)" = 0x10ca

@@ -4,7 +4,8 @@
 # and the results dir (9p tag results) at /host/tmp/results, brings up the igb PF as 192.0.2.1/24,
 # then runs `chroot /host /bin/bash $vfvmm.script` and powers off.
 # Kernel command line: vfvmm.script=ABS_PATH (none: interactive shell), vfvmm.cache=DIR,
-# vfvmm.repo=DIR (both shared read-only over 9p and mounted at the same path).
+# vfvmm.repo=DIR (both shared read-only over 9p and mounted at the same path),
+# vfvmm.9pcache=none|loose (9p cache mode of the read-only shares; default none).
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -17,8 +18,10 @@ echo "L1-INIT-START uptime=$(up_s)"
 script=
 repo=
 cache=/var/cache/vfvmm
+rocache=none
 for arg in $(cat /proc/cmdline); do
     case $arg in
+        vfvmm.9pcache=*) rocache=${arg#*=} ;;
         vfvmm.script=*) script=${arg#*=} ;;
         vfvmm.cache=*) cache=${arg#*=} ;;
         vfvmm.repo=*) repo=${arg#*=} ;;
@@ -50,7 +53,7 @@ if [ -w $thp/enabled ]; then echo never >$thp/enabled; echo never >$thp/defrag; 
 
 # L0's root, read-only, with this kernel's pseudo filesystems and writable tmpfs on top.
 opts=trans=virtio,version=9p2000.L,msize=1048576
-mount -t 9p -o "$opts,ro" hostroot /host || fail "cannot mount 9p hostroot"
+mount -t 9p -o "$opts,ro,cache=$rocache" hostroot /host || fail "cannot mount 9p hostroot"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -67,7 +70,7 @@ for share in "repo:$repo" "cache:$cache"; do
     tag=${share%%:*} dir=${share#*:}
     [ -n "$dir" ] || continue
     mkdir -p "/host$dir" 2>/dev/null
-    mount -t 9p -o "$opts,ro" "$tag" "/host$dir" || echo "L1-WARNING cannot mount 9p tag $tag at $dir"
+    mount -t 9p -o "$opts,ro,cache=$rocache" "$tag" "/host$dir" || echo "L1-WARNING cannot mount 9p tag $tag at $dir"
 done
 
 # The igb PF: up, with a documentation address so L2 has something to ping.

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config_access;
 pub mod configuration;
 pub mod host_bridge;
+pub mod msix;
 
 pub use allocator::{BarAllocator, BarRegion};
 pub use bus::{PciBus, PciDevice};

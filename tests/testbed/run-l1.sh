@@ -46,6 +46,7 @@ RESULTS_DIR=$(realpath "$2")
 [[ ${VFVMM_SKIP_BUILD:-0} == 1 ]] || "$REPO/resources/build.sh" -q >/dev/null
 
 APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REPO"
+APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-none}"
 [[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
 QEMU=(qemu-system-x86_64
     -accel tcg,thread=multi -cpu max -M q35 -m 2048 -smp "$SMP"

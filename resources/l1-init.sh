@@ -5,7 +5,7 @@
 # then runs `chroot /host /bin/bash $vfvmm.script` and powers off.
 # Kernel command line: vfvmm.script=ABS_PATH (none: interactive shell), vfvmm.cache=DIR,
 # vfvmm.repo=DIR (both shared read-only over 9p and mounted at the same path),
-# vfvmm.9pcache=none|loose (9p cache mode of the read-only shares; default none).
+# vfvmm.9pcache=none|loose (9p cache mode of the read-only shares; default loose).
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -18,7 +18,7 @@ echo "L1-INIT-START uptime=$(up_s)"
 script=
 repo=
 cache=/var/cache/vfvmm
-rocache=none
+rocache=loose
 for arg in $(cat /proc/cmdline); do
     case $arg in
         vfvmm.9pcache=*) rocache=${arg#*=} ;;

@@ -2,11 +2,13 @@
 //! 0xCF8/0xCFC ports and ECAM MMIO, and the BAR address allocator.
 
 pub mod allocator;
+pub mod bar;
 pub mod bus;
 pub mod config_access;
 pub mod configuration;
 pub mod host_bridge;
 pub mod msix;
+pub mod vfio;
 
 pub use allocator::{BarAllocator, BarRegion};
 pub use bus::{PciBus, PciDevice};

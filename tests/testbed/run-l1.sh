@@ -7,7 +7,8 @@
 # Writes RESULTS_DIR/l1-console.log (console, CR stripped), l1-exit-code, l1-start (epoch ns of
 # QEMU start), l1-markers ("<epoch-ns> L1-..." per marker line, L0 clock).
 # Exit: the script's exit code; 124 on timeout; 125 if L1 printed no L1-SCRIPT-EXIT marker.
-# Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 2), VFVMM_SKIP_BUILD=1.
+# Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 2), VFVMM_SKIP_BUILD=1,
+#      VFVMM_9P_CACHE (9p cache mode of the read-only shares in L1: loose (default) or none).
 set -euo pipefail
 
 usage() { echo "usage: $0 SCRIPT|shell RESULTS_DIR [TIMEOUT_SECONDS]" >&2; exit 2; }
@@ -46,7 +47,7 @@ RESULTS_DIR=$(realpath "$2")
 [[ ${VFVMM_SKIP_BUILD:-0} == 1 ]] || "$REPO/resources/build.sh" -q >/dev/null
 
 APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REPO"
-APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-none}"
+APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-loose}"
 [[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
 QEMU=(qemu-system-x86_64
     -accel tcg,thread=multi -cpu max -M q35 -m 2048 -smp "$SMP"

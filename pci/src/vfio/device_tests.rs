@@ -1,0 +1,136 @@
+use super::*;
+use crate::msix::MsiMessage;
+use crate::vfio::fake::{FakePlatform, FakeVfio};
+
+const BAR0: u64 = 0xc000_0000;
+const BAR3: u64 = 0xc000_4000;
+
+fn device() -> (VfioPciDevice, Arc<FakeVfio>, Arc<FakePlatform>) {
+    let backend = Arc::new(FakeVfio::igb_vf());
+    let platform = Arc::new(FakePlatform::new());
+    let bars = discover_bars(backend.as_ref());
+    let dev = VfioPciDevice::new(backend.clone(), platform.clone(), &bars, &[(0, BAR0), (3, BAR3)]).unwrap();
+    (dev, backend, platform)
+}
+
+fn write32(dev: &mut VfioPciDevice, reg: usize, v: u32) {
+    dev.config_write(reg, 0, &v.to_le_bytes());
+}
+
+fn enable_memory(dev: &mut VfioPciDevice) {
+    dev.config_write(1, 0, &(COMMAND_MEMORY_SPACE | crate::configuration::COMMAND_BUS_MASTER).to_le_bytes());
+}
+
+#[test]
+fn subtract_spans_cuts_holes() {
+    assert_eq!(subtract_spans(&[(0, 0x4000)], &[(0, 0x1000), (0x2000, 0x1000)]), vec![(0x1000, 0x1000), (0x3000, 0x1000)]);
+    assert_eq!(subtract_spans(&[(0, 0x4000)], &[]), vec![(0, 0x4000)]);
+    assert_eq!(subtract_spans(&[(0, 0x1000)], &[(0, 0x4000)]), vec![]);
+    assert_eq!(page_span(0x2000, 8), (0x2000, 0x1000));
+    assert_eq!(page_span(0x0ff8, 0x10), (0, 0x2000));
+}
+
+#[test]
+fn bars_are_discovered_and_shadowed() {
+    let (mut dev, backend, _) = device();
+    let bars = discover_bars(backend.as_ref());
+    assert_eq!(bars.iter().map(|b| (b.index, b.size, b.kind)).collect::<Vec<_>>(), vec![(0, 0x4000, BarKind::Mem64), (3, 0x4000, BarKind::Mem64)]);
+    assert_eq!(dev.config_read(4), BAR0 as u32 | 0xc);
+    assert_eq!(dev.config_read(5), 0);
+    // Sizing does not reach the device.
+    write32(&mut dev, 4, 0xffff_ffff);
+    assert_eq!(dev.config_read(4), 0xffff_c00c);
+    assert_eq!(u32::from_le_bytes(backend.config.lock().unwrap()[0x10..0x14].try_into().unwrap()), 0xc);
+    write32(&mut dev, 4, BAR0 as u32);
+    // No expansion ROM; identity passes through.
+    assert_eq!(dev.config_read(ROM_REG), 0);
+    assert_eq!(dev.config_read(0), 0x10ca_8086);
+}
+
+#[test]
+fn bars_map_only_while_decoding_and_msix_pages_trap() {
+    let (mut dev, _, platform) = device();
+    assert!(platform.slots.lock().unwrap().is_empty(), "nothing mapped before decode is on");
+    enable_memory(&mut dev);
+    let mut slots: Vec<(u64, u64)> = platform.slots.lock().unwrap().values().copied().collect();
+    slots.sort();
+    // BAR0 whole; BAR3 without the table page (0) and the PBA page (0x2000).
+    assert_eq!(slots, vec![(BAR0, 0x4000), (BAR3 + 0x1000, 0x1000), (BAR3 + 0x3000, 0x1000)]);
+    assert_eq!(platform.bars.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![BAR0, BAR3]);
+    // Decode off: everything unmapped.
+    dev.config_write(1, 0, &0u16.to_le_bytes());
+    assert!(platform.slots.lock().unwrap().is_empty());
+    assert!(platform.bars.lock().unwrap().is_empty());
+}
+
+#[test]
+fn bar_moves_apply_only_with_decode_on() {
+    let (mut dev, _, platform) = device();
+    write32(&mut dev, 4, 0xd000_0000);
+    assert!(platform.slots.lock().unwrap().is_empty(), "moved while decode off: nothing mapped");
+    enable_memory(&mut dev);
+    assert!(platform.slots.lock().unwrap().values().any(|&(a, _)| a == 0xd000_0000));
+    write32(&mut dev, 4, 0xd100_0000);
+    let slots: Vec<u64> = platform.slots.lock().unwrap().values().map(|s| s.0).collect();
+    assert!(slots.contains(&0xd100_0000) && !slots.contains(&0xd000_0000), "{slots:x?}");
+    assert!(platform.bars.lock().unwrap().contains_key(&0xd100_0000));
+    assert_eq!(dev.mapped_ranges().len(), 3);
+}
+
+#[test]
+fn msix_enable_program_unmask_routes_and_attaches() {
+    let (mut dev, backend, platform) = device();
+    enable_memory(&mut dev);
+    // Message Control reads the emulated table size (3 vectors → 2), disabled.
+    assert_eq!(dev.config_read(0x70 / 4) >> 16, 2);
+    // Enable + function mask, as Linux does first.
+    dev.config_write(0x70 / 4, 2, &(0xc000u16).to_le_bytes());
+    assert_eq!(*backend.msix_calls.lock().unwrap(), vec![3], "VFIO gets one eventfd per vector");
+    assert_eq!(dev.config_read(0x70 / 4) >> 16, 0xc002);
+    // Program vector 1 through the trapped table page and unmask it.
+    assert!(platform.mmio_write(BAR3 + 16, &0xfee0_0000u32.to_le_bytes()));
+    platform.mmio_write(BAR3 + 24, &0x4041u32.to_le_bytes());
+    platform.mmio_write(BAR3 + 28, &0u32.to_le_bytes());
+    assert!(platform.irqfds.lock().unwrap().is_empty(), "function still masked");
+    dev.config_write(0x70 / 4, 2, &(0x8000u16).to_le_bytes());
+    let gsi1 = 25;
+    assert_eq!(platform.routes.lock().unwrap().get(&gsi1), Some(&MsiMessage { address: 0xfee0_0000, data: 0x4041 }));
+    assert_eq!(*platform.irqfds.lock().unwrap(), vec![gsi1]);
+    // Mask the vector: irqfd detached; table reads back.
+    platform.mmio_write(BAR3 + 28, &1u32.to_le_bytes());
+    assert!(platform.irqfds.lock().unwrap().is_empty());
+    let mut d = [0u8; 4];
+    platform.mmio_read(BAR3 + 24, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0x4041);
+    // Disable MSI-X: VFIO told.
+    dev.config_write(0x70 / 4, 2, &0u16.to_le_bytes());
+    assert_eq!(*backend.msix_calls.lock().unwrap(), vec![3, 0]);
+}
+
+#[test]
+fn trapped_non_msix_accesses_are_forwarded_and_counted() {
+    let (mut dev, backend, platform) = device();
+    enable_memory(&mut dev);
+    // Inside the table page but past the table (3 entries = 48 bytes).
+    let mut d = [0u8; 4];
+    assert!(platform.mmio_read(BAR3 + 0x800, &mut d));
+    assert_eq!(d, [0x5a; 4]);
+    platform.mmio_write(BAR3 + 0x2800, &[1, 2, 3, 4]);
+    // PBA writes are dropped.
+    platform.mmio_write(BAR3 + 0x2000, &[1, 2, 3, 4]);
+    assert_eq!(*backend.accesses.lock().unwrap(), vec![(3, 0x800, 4, false), (3, 0x2800, 4, true)]);
+    assert_eq!(dev.forwarded_accesses(), vec![(0, 0), (3, 2)]);
+}
+
+#[test]
+fn other_config_writes_reach_the_device_and_shutdown_resets() {
+    let (mut dev, backend, platform) = device();
+    dev.config_write(3, 0, &[0x10]); // cache line size
+    assert_eq!(backend.config.lock().unwrap()[0x0c], 0x10);
+    enable_memory(&mut dev);
+    dev.config_write(0x70 / 4, 2, &(0x8000u16).to_le_bytes());
+    dev.shutdown();
+    assert!(platform.slots.lock().unwrap().is_empty());
+    assert_eq!(*backend.resets.lock().unwrap(), 1);
+    assert_eq!(backend.msix_calls.lock().unwrap().last(), Some(&0));
+}

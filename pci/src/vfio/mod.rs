@@ -1,0 +1,139 @@
+//! VFIO PCI passthrough: a passed-through function as a [`crate::PciDevice`].
+//!
+//! Everything that touches the kernel goes through [`VfioBackend`] (real: `vfio-ioctls`,
+//! tests: [`fake::FakeVfio`]); everything that touches the VM (memory slots, MSI routes,
+//! irqfds, the BAR MMIO router) goes through [`VmPlatform`]. What is left — config-space
+//! virtualization, BAR placement and mapping, MSI-X — is plain logic, unit-tested here.
+
+pub mod backend;
+pub mod caps;
+pub mod device;
+pub mod fake;
+pub mod msix_routing;
+
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::msix::MsiMessage;
+
+pub use backend::RealVfio;
+pub use device::{VfioPciDevice, VfioPciError};
+
+/// VFIO PCI region and IRQ indices (linux/vfio.h).
+pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
+pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
+pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioBackendError {
+    #[error("VFIO: {0}")]
+    Vfio(String),
+    #[error("cannot mmap region {index} at {offset:#x}+{size:#x}: {source}")]
+    Mmap { index: u32, offset: u64, size: u64, source: std::io::Error },
+}
+
+/// What the kernel says about one region.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionInfo {
+    pub size: u64,
+    pub readable: bool,
+    pub writable: bool,
+    pub mmappable: bool,
+    /// Sparse-mmap areas `(offset, size)`; `None` means the whole region when `mmappable`.
+    pub sparse: Option<Vec<(u64, u64)>>,
+    /// The MSI-X table and PBA pages may be mmapped too (we still trap them to emulate).
+    pub msix_mappable: bool,
+}
+
+impl RegionInfo {
+    /// The parts of the region that may be mmapped, as `(offset, size)`.
+    pub fn mmappable_areas(&self) -> Vec<(u64, u64)> {
+        if !self.mmappable {
+            return vec![];
+        }
+        match &self.sparse {
+            Some(areas) => areas.clone(),
+            None => vec![(0, self.size)],
+        }
+    }
+}
+
+/// A host mapping of part of a device region; unmapped on drop.
+pub struct HostMapping {
+    addr: *mut u8,
+    size: usize,
+}
+
+// SAFETY: the mapping is plain shared memory (device MMIO); the pointer is only handed to KVM
+// as a memory slot backing and never dereferenced by Rust code.
+unsafe impl Send for HostMapping {}
+// SAFETY: as above; no interior state is accessed through `&HostMapping`.
+unsafe impl Sync for HostMapping {}
+
+impl HostMapping {
+    /// # Safety
+    /// `addr` must be the start of a live `mmap` of `size` bytes owned by the new value.
+    pub unsafe fn from_raw(addr: *mut u8, size: usize) -> Self {
+        Self { addr, size }
+    }
+
+    pub fn addr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+impl Drop for HostMapping {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping (see `from_raw`) and nothing uses it after drop: the VM
+        // removed its memory slot before the owner dropped it.
+        unsafe { libc::munmap(self.addr.cast(), self.size) };
+    }
+}
+
+/// The kernel side of one VFIO device.
+pub trait VfioBackend: Send + Sync {
+    fn region(&self, index: u32) -> Option<RegionInfo>;
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]);
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]);
+    fn mmap(&self, index: u32, offset: u64, size: u64) -> Result<HostMapping, VfioBackendError>;
+    /// Number of interrupts of IRQ index `index` (0 when absent).
+    fn irq_count(&self, index: u32) -> u32;
+    fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError>;
+    fn disable_msix(&self) -> Result<(), VfioBackendError>;
+    fn reset(&self);
+
+    fn config_read_u32(&self, reg: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.region_read(VFIO_PCI_CONFIG_REGION_INDEX, (reg * 4) as u64, &mut b);
+        u32::from_le_bytes(b)
+    }
+}
+
+/// Serves guest MMIO to the trapped parts of a BAR.
+pub trait BarHandler: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+/// The VM side a passed-through device needs.
+pub trait VmPlatform: Send + Sync {
+    /// Maps host memory into the guest at `guest_addr`; returns a handle for `unmap_memory`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr + size` must stay mapped until `unmap_memory` is called.
+    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<u32, String>;
+    fn unmap_memory(&self, handle: u32);
+    fn allocate_gsi(&self) -> Result<u32, String>;
+    fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), String>;
+    fn attach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String>;
+    fn detach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String>;
+    /// Guest MMIO in `base..base + size` that is not mapped goes to `handler`.
+    fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String>;
+    fn unregister_bar(&self, base: u64);
+}

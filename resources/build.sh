@@ -8,8 +8,9 @@
 # Usage: resources/build.sh [-q]     (-q: print only the artifact lines)
 set -euo pipefail
 
-# Preferred kernel (bookworm-backports). Falls back to the newest linux-image-6.12.*+deb12-amd64.
-KERNEL_VERSION=6.12.95+deb12-amd64
+# Preferred kernel (bookworm-backports; env VFVMM_KERNEL_VERSION overrides). If it is not available,
+# the newest linux-image-6.12.*+deb12-amd64 in bookworm-backports is used (printed as a NOTE).
+KERNEL_VERSION=${VFVMM_KERNEL_VERSION:-6.12.95+deb12-amd64}
 CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
 QBOOT=/usr/share/qemu/qboot.rom
 BACKPORTS_LINE='deb http://deb.debian.org/debian bookworm-backports main'
@@ -80,9 +81,12 @@ resolve_kernel_deb() {
         apt-cache show "$pkg" >/dev/null 2>&1 || apt_update_once
         if ! apt-cache show "$pkg" >/dev/null 2>&1; then
             local fb
-            fb=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' \
-                 | awk '{print $1}' | sort -V | tail -1)
-            [[ -n $fb ]] || die "neither $pkg nor any linux-image-6.12.*+deb12-amd64 is available"
+            # newest linux-image-6.12.N+deb12-amd64 that bookworm-backports carries
+            # shellcheck disable=SC2046
+            fb=$(apt-cache madison $(apt-cache search --names-only \
+                     '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' | awk '{print $1}') \
+                 | awk -F' *[|] *' '$3 ~ /bookworm-backports/ {print $1}' | sort -Vu | tail -1)
+            [[ -n $fb ]] || die "neither $pkg nor any linux-image-6.12.*+deb12-amd64 is in bookworm-backports"
             echo "build.sh: NOTE: $pkg not available, falling back to $fb" >&2
             pkg=$fb
         fi

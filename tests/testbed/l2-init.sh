@@ -37,12 +37,51 @@ done
 
 input=0
 action=poweroff
+vf=0
+ip=192.0.2.2
 for arg in $(cat /proc/cmdline); do
     case $arg in
         l2.input=*) input=${arg#*=} ;;
         l2.action=*) action=${arg#*=} ;;
+        l2.vf=*) vf=${arg#*=} ;;
+        l2.ip=*) ip=${arg#*=} ;;
     esac
 done
+
+# MSI-X interrupt counts of the VF's queues and mailbox: "name total" per line.
+vf_irqs() {
+    awk -v dev="$1" '$NF ~ dev { n = 0; for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print $NF, n }' /proc/interrupts
+}
+
+# l2.vf=1: bind igbvf to the passed-through VF, ping the PF (192.0.2.1) through it.
+if [ "$vf" = 1 ]; then
+    insmod /lib/modules/igbvf.ko 2>&1 | sed 's/^/L2-INSMOD /'
+    i=0
+    while [ $i -lt 100 ]; do
+        for d in /sys/bus/pci/drivers/igbvf/0000:*; do [ -e "$d" ] && break 2; done
+        sleep 0.1; i=$((i + 1))
+    done
+    for d in /sys/bus/pci/drivers/igbvf/0000:*; do
+        [ -e "$d" ] && echo "L2-VF-BOUND ${d##*/} driver=igbvf"
+    done
+    ifname=
+    for n in /sys/bus/pci/drivers/igbvf/0000:*/net/*; do [ -e "$n" ] && ifname=${n##*/}; done
+    if [ -n "$ifname" ]; then
+        ip link set "$ifname" up
+        ip addr add "$ip/24" dev "$ifname"
+        i=0
+        while [ "$(cat /sys/class/net/$ifname/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        echo "L2-VF-NET $ifname carrier=$(cat /sys/class/net/$ifname/carrier 2>/dev/null) ip=$ip"
+        vf_irqs "$ifname" | sed 's/^/L2-IRQ-BEFORE /'
+        out=$(ping -c 3 -W 3 192.0.2.1 2>&1)
+        echo "$out" | sed 's/^/L2-PINGLOG /'
+        rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+        echo "L2-PING sent=3 received=${rx:-0}"
+        vf_irqs "$ifname" | sed 's/^/L2-IRQ-AFTER /'
+    else
+        echo "L2-VF-NET none"
+    fi
+fi
 
 if [ "$input" = 1 ]; then
     echo "L2-READY-FOR-INPUT"

@@ -19,6 +19,7 @@ use vm_device::{DeviceMmio, DevicePio};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::SerialConfig;
+use crate::vfio::BarRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
@@ -43,6 +44,8 @@ pub struct Devices {
     pub power_off: EventFd,
     pub reset: EventFd,
     pub pci_bus: Arc<RwLock<PciBus>>,
+    /// Trapped parts of passed-through BARs.
+    pub bar_router: Arc<BarRouter>,
 }
 
 fn eventfd() -> Result<EventFd, DeviceManagerError> {
@@ -87,7 +90,11 @@ fn register_mmio(
 }
 
 /// Builds every platform device for `vm`.
-pub fn create_devices(vm: &VmFd, serial_cfg: &SerialConfig) -> Result<Devices, DeviceManagerError> {
+pub fn create_devices(
+    vm: &VmFd,
+    serial_cfg: &SerialConfig,
+    pci_windows: &[(u64, u64)],
+) -> Result<Devices, DeviceManagerError> {
     let mut io = IoManager::new();
 
     let serial_irq = eventfd()?;
@@ -133,5 +140,10 @@ pub fn create_devices(vm: &VmFd, serial_cfg: &SerialConfig) -> Result<Devices, D
         Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
     )?;
 
-    Ok(Devices { io: Arc::new(RwLock::new(io)), serial, serial_rx_space, power_off, reset, pci_bus })
+    let bar_router = Arc::new(BarRouter::default());
+    for &(base, size) in pci_windows {
+        register_mmio(&mut io, "pci-bars", base, size, bar_router.clone())?;
+    }
+
+    Ok(Devices { io: Arc::new(RwLock::new(io)), serial, serial_rx_space, power_off, reset, pci_bus, bar_router })
 }

@@ -6,6 +6,7 @@ pub mod device_manager;
 pub mod event_loop;
 pub mod memory;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;
 
 pub use config::{Cli, KernelConfig, VmConfig};
@@ -36,6 +37,8 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
 }
@@ -53,13 +56,13 @@ impl GuestExit {
 
 /// Boots a Linux guest and runs it to completion.
 pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
-    if !config.devices.is_empty() {
-        return Err(VmmError::NotImplemented("--device (VFIO passthrough)"));
-    }
     if config.api_socket.is_some() {
         return Err(VmmError::NotImplemented("--api-socket (REST API)"));
     }
-    let vm = vm::Vm::new(config)?;
+    // Devices are checked before anything is created: a bad one leaves everything as it was.
+    let host_devices = vfio::validate_devices(&config.devices)?;
+    let mut vm = vm::Vm::new(config)?;
+    vm.attach_vfio_devices(host_devices)?;
     let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;
     vm.run(entry)
 }

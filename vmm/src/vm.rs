@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use pci::BarAllocator;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::terminal::Terminal;
 
 use crate::boot::{self, EntryPoint};
@@ -14,6 +16,7 @@ use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher, TerminationSignals};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
+use crate::vfio::{HostDevice, KvmPlatform, VfioManager};
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
 use crate::VmmError;
 
@@ -22,12 +25,15 @@ const DEFAULT_PHYS_BITS: u8 = 36;
 
 pub struct Vm {
     _kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
     cpuid: CpuId,
     pub memory: GuestMemory,
     pub phys_bits: u8,
     devices: Devices,
     config: VmConfig,
+    bar_allocator: Mutex<BarAllocator>,
+    platform: Arc<KvmPlatform>,
+    vfio: Option<VfioManager>,
 }
 
 impl Vm {
@@ -57,8 +63,38 @@ impl Vm {
         let memory = create_guest_memory(config.memory, phys_bits)?;
         register_with_kvm(&fd, &memory)?;
         arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
-        let devices = create_devices(&fd, &config.serial)?;
-        Ok(Self { _kvm: kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone() })
+        let mmio32 = (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE);
+        let mmio64 = arch::layout::pci_mmio64_window(config.memory, phys_bits);
+        let windows: Vec<(u64, u64)> = std::iter::once(mmio32).chain(mmio64).collect();
+        let devices = create_devices(&fd, &config.serial, &windows)?;
+        let bar_allocator = Mutex::new(BarAllocator::new(mmio32, mmio64).map_err(|e| VmmError::Kvm(e.to_string()))?);
+        let fd = Arc::new(fd);
+        let platform = Arc::new(KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone()));
+        Ok(Self {
+            _kvm: kvm,
+            fd,
+            cpuid,
+            memory,
+            phys_bits,
+            devices,
+            config: config.clone(),
+            bar_allocator,
+            platform,
+            vfio: None,
+        })
+    }
+
+    /// Opens and plugs the validated `--device`s (before the guest boots).
+    pub fn attach_vfio_devices(&mut self, hosts: Vec<HostDevice>) -> Result<(), VmmError> {
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let mut manager = VfioManager::new(&self.fd, self.platform.clone())?;
+        for host in hosts {
+            manager.attach(host, &self.memory, &self.devices.pci_bus, &self.bar_allocator)?;
+        }
+        self.vfio = Some(manager);
+        Ok(())
     }
 
     /// ACPI description of this VM.
@@ -71,7 +107,7 @@ impl Vm {
     }
 
     /// Starts the vCPUs at `entry` and runs the event loop until the guest exits.
-    pub fn run(self, entry: EntryPoint) -> Result<GuestExit, VmmError> {
+    pub fn run(mut self, entry: EntryPoint) -> Result<GuestExit, VmmError> {
         install_kick_handler()?;
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventLoop)?);
         let shared = Arc::new(VcpuShared {
@@ -132,6 +168,10 @@ impl Vm {
                     c.pio, c.mmio, c.mmio_ecam, c.unhandled_pio, c.unhandled_mmio
                 );
             }
+        }
+        // Devices go after the vCPUs, on this (the VMM) thread.
+        if let Some(mut vfio) = self.vfio.take() {
+            vfio.shutdown();
         }
         Ok(exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into())))
     }

@@ -1,0 +1,369 @@
+//! VFIO passthrough at the VM level: validating `--device` paths, the VFIO container (one per
+//! VM, with all guest RAM DMA-mapped), the KVM side of passed-through devices
+//! ([`KvmPlatform`]: memory slots for BAR mmaps, MSI routes, irqfds) and the MMIO router for
+//! the trapped parts of BARs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use kvm_bindings::{
+    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry, kvm_userspace_memory_region,
+    KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use pci::bar::BarKind;
+use pci::msix::MsiMessage;
+use pci::vfio::device::discover_bars;
+use pci::vfio::{BarHandler, RealVfio, VfioPciDevice, VmPlatform};
+use pci::{BarAllocator, BarRegion, PciBus};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
+use vm_device::DeviceMmio;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::DeviceConfig;
+use crate::memory::GuestMemory;
+
+/// IOAPIC pins; GSIs from here up are ours for MSI routes.
+const IOAPIC_PINS: u32 = 24;
+/// BARs this large go to the 64-bit window.
+const LARGE_BAR: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    #[error("--device {path}: not a PCI device (no such device in sysfs)")]
+    NotPciDevice { path: String },
+    #[error("--device {path}: bound to {driver}, not vfio-pci; bind it first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
+    WrongDriver { path: String, bdf: String, driver: String },
+    #[error("--device {path}: bound to no driver; bind it to vfio-pci first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe")]
+    NoDriver { path: String, bdf: String },
+    #[error("--device {path}: has no IOMMU group (is the IOMMU on, e.g. intel_iommu=on?)")]
+    NoIommuGroup { path: String },
+    #[error("--device {path}: IOMMU group {group} is not viable: {other} is bound to {driver}; bind every device of the group to vfio-pci")]
+    GroupNotViable { path: String, group: u32, other: String, driver: String },
+    #[error("--device {path}: /dev/vfio/{group} is missing")]
+    NoGroupNode { path: String, group: u32 },
+    #[error("--device {path}: the same device is given twice")]
+    Duplicate { path: String },
+    #[error("cannot create the KVM VFIO device: {0}")]
+    KvmVfioDevice(kvm_ioctls::Error),
+    #[error("cannot open the VFIO container: {0}")]
+    Container(String),
+    #[error("--device {path}: cannot open it through VFIO: {reason}")]
+    Open { path: String, reason: String },
+    #[error("--device {path}: {reason}")]
+    Setup { path: String, reason: String },
+    #[error("cannot DMA-map guest memory for VFIO: {0}")]
+    DmaMap(String),
+}
+
+fn link_name(path: &Path) -> Option<String> {
+    std::fs::read_link(path).ok()?.file_name()?.to_str().map(str::to_string)
+}
+
+/// A validated `--device`: the canonical sysfs path, its BDF and IOMMU group.
+#[derive(Debug, Clone)]
+pub struct HostDevice {
+    pub path: PathBuf,
+    pub bdf: String,
+    pub group: u32,
+    pub id: String,
+}
+
+/// Checks that `path` is a PCI device bound to vfio-pci in a viable IOMMU group, before the
+/// VM exists: a bad device changes nothing.
+pub fn validate_device(cfg: &DeviceConfig, index: usize) -> Result<HostDevice, VfioError> {
+    let shown = cfg.path.display().to_string();
+    let path = cfg.path.canonicalize().map_err(|_| VfioError::NotPciDevice { path: shown.clone() })?;
+    if !path.join("config").is_file() || !path.starts_with("/sys/devices") {
+        return Err(VfioError::NotPciDevice { path: shown });
+    }
+    let bdf = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    match link_name(&path.join("driver")) {
+        None => return Err(VfioError::NoDriver { path: shown, bdf }),
+        Some(d) if d != "vfio-pci" => return Err(VfioError::WrongDriver { path: shown, bdf, driver: d }),
+        Some(_) => {}
+    }
+    let group: u32 = link_name(&path.join("iommu_group"))
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| VfioError::NoIommuGroup { path: shown.clone() })?;
+    let members = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))
+        .map_err(|_| VfioError::NoIommuGroup { path: shown.clone() })?;
+    for member in members.flatten() {
+        if let Some(driver) = link_name(&member.path().join("driver")) {
+            if driver != "vfio-pci" && driver != "pcieport" {
+                return Err(VfioError::GroupNotViable {
+                    path: shown,
+                    group,
+                    other: member.file_name().to_string_lossy().into_owned(),
+                    driver,
+                });
+            }
+        }
+    }
+    if !Path::new(&format!("/dev/vfio/{group}")).exists() {
+        return Err(VfioError::NoGroupNode { path: shown, group });
+    }
+    Ok(HostDevice { path, bdf, group, id: cfg.id.clone().unwrap_or_else(|| format!("vfio{index}")) })
+}
+
+/// Validates every `--device`, rejecting the same device under two names.
+pub fn validate_devices(cfgs: &[DeviceConfig]) -> Result<Vec<HostDevice>, VfioError> {
+    let mut out: Vec<HostDevice> = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        let dev = validate_device(cfg, i)?;
+        if out.iter().any(|d| d.path == dev.path) {
+            return Err(VfioError::Duplicate { path: cfg.path.display().to_string() });
+        }
+        out.push(dev);
+    }
+    Ok(out)
+}
+
+/// Guest MMIO to the trapped parts of passed-through BARs, registered over the PCI windows.
+#[derive(Default)]
+pub struct BarRouter {
+    bars: RwLock<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
+}
+
+impl BarRouter {
+    fn find(&self, addr: u64) -> Option<(Arc<dyn BarHandler>, u64)> {
+        let bars = self.bars.read().ok()?;
+        let (base, (size, handler)) = bars.range(..=addr).next_back()?;
+        (addr - base < *size).then(|| (handler.clone(), addr - base))
+    }
+}
+
+impl DeviceMmio for BarRouter {
+    fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        // The handler runs without the router lock held: a config write on another vCPU
+        // may be moving BARs.
+        match self.find(base.0 + offset) {
+            Some((h, off)) => h.read(off, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        if let Some((h, off)) = self.find(base.0 + offset) {
+            h.write(off, data);
+        }
+    }
+}
+
+/// The KVM side of passthrough.
+pub struct KvmPlatform {
+    vm: Arc<VmFd>,
+    next_slot: AtomicU32,
+    free_slots: Mutex<Vec<u32>>,
+    /// slot → guest address (for removal).
+    slots: Mutex<BTreeMap<u32, u64>>,
+    routes: Mutex<BTreeMap<u32, MsiMessage>>,
+    next_gsi: AtomicU32,
+    router: Arc<BarRouter>,
+}
+
+impl KvmPlatform {
+    pub fn new(vm: Arc<VmFd>, first_free_slot: u32, router: Arc<BarRouter>) -> Self {
+        Self {
+            vm,
+            next_slot: AtomicU32::new(first_free_slot),
+            free_slots: Mutex::new(Vec::new()),
+            slots: Mutex::new(BTreeMap::new()),
+            routes: Mutex::new(BTreeMap::new()),
+            next_gsi: AtomicU32::new(IOAPIC_PINS),
+            router,
+        }
+    }
+
+    /// The full routing table: KVM's default irqchip routes plus our MSI routes.
+    fn routing_table(routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
+        let mut entries = Vec::new();
+        let mut irqchip = |gsi: u32, chip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry { gsi, type_: KVM_IRQ_ROUTING_IRQCHIP, ..Default::default() };
+            e.u.irqchip.irqchip = chip;
+            e.u.irqchip.pin = pin;
+            entries.push(e);
+        };
+        for gsi in 0..16 {
+            if gsi != 2 {
+                let (chip, pin) = if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
+                irqchip(gsi, chip, pin);
+            }
+        }
+        for pin in 0..IOAPIC_PINS {
+            irqchip(pin, KVM_IRQCHIP_IOAPIC, pin);
+        }
+        for (gsi, msg) in routes {
+            let mut e = kvm_irq_routing_entry { gsi: *gsi, type_: KVM_IRQ_ROUTING_MSI, ..Default::default() };
+            e.u.msi.address_lo = msg.address as u32;
+            e.u.msi.address_hi = (msg.address >> 32) as u32;
+            e.u.msi.data = msg.data;
+            entries.push(e);
+        }
+        entries
+    }
+}
+
+impl VmPlatform for KvmPlatform {
+    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<u32, String> {
+        let slot = self
+            .free_slots
+            .lock()
+            .map_err(|_| "slot lock poisoned".to_string())?
+            .pop()
+            .unwrap_or_else(|| self.next_slot.fetch_add(1, Ordering::Relaxed));
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr as u64,
+            flags: 0,
+        };
+        // SAFETY: the caller guarantees `host_addr..+size` stays mapped until unmap_memory.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| format!("memory slot {slot}: {e}"))?;
+        if let Ok(mut s) = self.slots.lock() {
+            s.insert(slot, guest_addr);
+        }
+        Ok(slot)
+    }
+
+    fn unmap_memory(&self, slot: u32) {
+        let Some(guest_addr) = self.slots.lock().ok().and_then(|mut s| s.remove(&slot)) else { return };
+        let region = kvm_userspace_memory_region { slot, guest_phys_addr: guest_addr, memory_size: 0, userspace_addr: 0, flags: 0 };
+        // SAFETY: a zero-sized region deletes the slot; no host memory is referenced.
+        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
+            log::warn!("cannot remove memory slot {slot}: {e}");
+            return;
+        }
+        if let Ok(mut f) = self.free_slots.lock() {
+            f.push(slot);
+        }
+    }
+
+    fn allocate_gsi(&self) -> Result<u32, String> {
+        Ok(self.next_gsi.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), String> {
+        let mut routes = self.routes.lock().map_err(|_| "route lock poisoned".to_string())?;
+        routes.insert(gsi, message);
+        let entries = Self::routing_table(&routes);
+        let table = KvmIrqRouting::from_entries(&entries).map_err(|e| format!("routing table: {e:?}"))?;
+        self.vm.set_gsi_routing(&table).map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))
+    }
+
+    fn attach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String> {
+        self.vm.register_irqfd(fd, gsi).map_err(|e| format!("irqfd for GSI {gsi}: {e}"))
+    }
+
+    fn detach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String> {
+        self.vm.unregister_irqfd(fd, gsi).map_err(|e| format!("irqfd for GSI {gsi}: {e}"))
+    }
+
+    fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String> {
+        let mut bars = self.router.bars.write().map_err(|_| "router lock poisoned".to_string())?;
+        let overlaps = bars.range(..base + size).next_back().is_some_and(|(b, (s, _))| b + s > base);
+        if overlaps {
+            return Err(format!("BAR at {base:#x}+{size:#x} overlaps another"));
+        }
+        bars.insert(base, (size, handler));
+        Ok(())
+    }
+
+    fn unregister_bar(&self, base: u64) {
+        if let Ok(mut bars) = self.router.bars.write() {
+            bars.remove(&base);
+        }
+    }
+}
+
+/// A passed-through device in the VM.
+pub struct AttachedDevice {
+    pub host: HostDevice,
+    pub slot: u8,
+    pub device: Arc<Mutex<VfioPciDevice>>,
+}
+
+impl AttachedDevice {
+    pub fn guest_bdf(&self) -> String {
+        format!("0000:00:{:02x}.0", self.slot)
+    }
+}
+
+/// The VM's VFIO state: one container for every device.
+pub struct VfioManager {
+    container: Arc<VfioContainer>,
+    platform: Arc<KvmPlatform>,
+    pub devices: Vec<AttachedDevice>,
+    dma_mapped: bool,
+}
+
+impl VfioManager {
+    pub fn new(vm: &VmFd, platform: Arc<KvmPlatform>) -> Result<Self, VfioError> {
+        let mut desc = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
+        let kvm_vfio = vm.create_device(&mut desc).map_err(VfioError::KvmVfioDevice)?;
+        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
+        let container = VfioContainer::new(Some(handle)).map_err(|e| VfioError::Container(e.to_string()))?;
+        Ok(Self { container: Arc::new(container), platform, devices: Vec::new(), dma_mapped: false })
+    }
+
+    /// Opens `host`, places its BARs, plugs it into the PCI bus and maps guest RAM for DMA.
+    pub fn attach(
+        &mut self,
+        host: HostDevice,
+        memory: &GuestMemory,
+        bus: &RwLock<PciBus>,
+        allocator: &Mutex<BarAllocator>,
+    ) -> Result<&AttachedDevice, VfioError> {
+        let path = host.path.display().to_string();
+        let setup = |reason: String| VfioError::Setup { path: path.clone(), reason };
+        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
+            .map_err(|e| VfioError::Open { path: path.clone(), reason: e.to_string() })?;
+        if !self.dma_mapped {
+            // SAFETY: guest memory stays mapped for the life of the VM, which outlives the
+            // container; the guest and the device share it as DMA memory, which is what it is for.
+            unsafe { self.container.vfio_map_guest_memory(memory) }.map_err(|e| VfioError::DmaMap(e.to_string()))?;
+            self.dma_mapped = true;
+        }
+        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
+        let bars = discover_bars(backend.as_ref());
+        let mut addresses = Vec::new();
+        {
+            let mut alloc = allocator.lock().map_err(|_| setup("allocator lock poisoned".into()))?;
+            for bar in &bars {
+                if bar.kind == BarKind::Io {
+                    continue;
+                }
+                let region = if bar.size >= LARGE_BAR { BarRegion::Mmio64 } else { BarRegion::Mmio32 };
+                let addr = alloc.allocate(bar.size, region).map_err(|e| setup(format!("BAR {}: {e}", bar.index)))?;
+                addresses.push((bar.index, addr));
+            }
+        }
+        let device = VfioPciDevice::new(backend, self.platform.clone(), &bars, &addresses).map_err(|e| setup(e.to_string()))?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = bus
+            .write()
+            .map_err(|_| setup("PCI bus lock poisoned".into()))?
+            .add_device(device.clone())
+            .map_err(|e| setup(e.to_string()))?;
+        log::info!("{}: {} at guest {}", host.id, host.bdf, format_args!("0000:00:{slot:02x}.0"));
+        self.devices.push(AttachedDevice { host, slot, device });
+        Ok(self.devices.last().expect("just pushed"))
+    }
+
+    /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).
+    pub fn shutdown(&mut self) {
+        for d in self.devices.drain(..) {
+            if let Ok(mut dev) = d.device.lock() {
+                for (bar, n) in dev.forwarded_accesses() {
+                    log::info!("{} BAR{bar}: {n} trapped accesses forwarded to the device", d.host.id);
+                }
+                dev.shutdown();
+            }
+        }
+    }
+}

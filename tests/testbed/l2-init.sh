@@ -39,12 +39,14 @@ input=0
 action=poweroff
 vf=0
 ip=192.0.2.2
+pings=3
 for arg in $(cat /proc/cmdline); do
     case $arg in
         l2.input=*) input=${arg#*=} ;;
         l2.action=*) action=${arg#*=} ;;
         l2.vf=*) vf=${arg#*=} ;;
         l2.ip=*) ip=${arg#*=} ;;
+        l2.pings=*) pings=${arg#*=} ;;
     esac
 done
 
@@ -73,10 +75,11 @@ if [ "$vf" = 1 ]; then
         while [ "$(cat /sys/class/net/$ifname/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
         echo "L2-VF-NET $ifname carrier=$(cat /sys/class/net/$ifname/carrier 2>/dev/null) ip=$ip"
         vf_irqs "$ifname" | sed 's/^/L2-IRQ-BEFORE /'
-        out=$(ping -c 3 -W 3 192.0.2.1 2>&1)
+        out=$(ping -c "$pings" -i 0.2 -W 3 192.0.2.1 2>&1)
         echo "$out" | sed 's/^/L2-PINGLOG /'
         rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
-        echo "L2-PING sent=3 received=${rx:-0}"
+        echo "L2-PING sent=$pings received=${rx:-0}"
+        echo "$out" | sed -n 's|^round-trip min/avg/max = \([0-9.]*\)/\([0-9.]*\)/\([0-9.]*\) ms|L2-RTT min=\1 avg=\2 max=\3|p'
         vf_irqs "$ifname" | sed 's/^/L2-IRQ-AFTER /'
     else
         echo "L2-VF-NET none"

@@ -168,3 +168,34 @@ tb_cleanup() {
     done
 }
 trap tb_cleanup EXIT
+
+# --- SR-IOV helpers (L1's igb PF at 0000:01:00.0) ---
+TB_PF=${TB_PF:-0000:01:00.0}
+
+# driver_of BDF: the bound driver's name, or "none".
+driver_of() {
+    local link
+    link=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) || { echo none; return; }
+    basename "$link"
+}
+
+# bind_to BDF DRIVER: unbind from the current driver, bind to DRIVER via driver_override.
+bind_to() {
+    if [[ -e /sys/bus/pci/devices/$1/driver ]]; then echo "$1" > "/sys/bus/pci/devices/$1/driver/unbind"; fi
+    echo "$2" > "/sys/bus/pci/devices/$1/driver_override"
+    echo "$1" > /sys/bus/pci/drivers_probe
+    echo "L1-BIND $1 driver=$(driver_of "$1")"
+}
+
+# vf_setup BDF...: make sure the PF has 2 VFs (no autoprobe) and bind the given VFs to vfio-pci.
+vf_setup() {
+    local pf=/sys/bus/pci/devices/$TB_PF vf
+    if [[ $(cat "$pf/sriov_numvfs") == 0 ]]; then
+        echo 0 > "$pf/sriov_drivers_autoprobe"
+        echo 2 > "$pf/sriov_numvfs"
+    fi
+    for vf in "$@"; do
+        for _ in $(seq 50); do [[ -e /sys/bus/pci/devices/$vf ]] && break; sleep 0.1; done
+        [[ $(driver_of "$vf") == vfio-pci ]] || bind_to "$vf" vfio-pci
+    done
+}

@@ -60,7 +60,7 @@ pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, 
         return Err(VmmError::NotImplemented("--api-socket (REST API)"));
     }
     // Devices are checked before anything is created: a bad one leaves everything as it was.
-    let host_devices = vfio::validate_devices(&config.devices)?;
+    let host_devices = vfio::validate_devices(&vfio::HostRoots::default(), &config.devices)?;
     let mut vm = vm::Vm::new(config)?;
     vm.attach_vfio_devices(host_devices)?;
     let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;

@@ -73,12 +73,26 @@ pub struct HostDevice {
     pub id: String,
 }
 
-/// Checks that `path` is a PCI device bound to vfio-pci in a viable IOMMU group, before the
-/// VM exists: a bad device changes nothing.
-pub fn validate_device(cfg: &DeviceConfig, index: usize) -> Result<HostDevice, VfioError> {
+/// Where sysfs and /dev are (tests point these at a fake tree).
+#[derive(Debug, Clone)]
+pub struct HostRoots {
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+}
+
+impl Default for HostRoots {
+    fn default() -> Self {
+        Self { sys: PathBuf::from("/sys"), dev: PathBuf::from("/dev") }
+    }
+}
+
+/// Checks that `cfg.path` is a PCI device bound to vfio-pci in a viable IOMMU group, before
+/// the VM exists: a bad device changes nothing.
+pub fn validate_device(roots: &HostRoots, cfg: &DeviceConfig, index: usize) -> Result<HostDevice, VfioError> {
     let shown = cfg.path.display().to_string();
-    let path = cfg.path.canonicalize().map_err(|_| VfioError::NotPciDevice { path: shown.clone() })?;
-    if !path.join("config").is_file() || !path.starts_with("/sys/devices") {
+    let under_root = cfg.path.strip_prefix("/sys").map(|rest| roots.sys.join(rest)).unwrap_or_else(|_| cfg.path.clone());
+    let path = under_root.canonicalize().map_err(|_| VfioError::NotPciDevice { path: shown.clone() })?;
+    if !path.join("config").is_file() || !path.starts_with(roots.sys.join("devices")) {
         return Err(VfioError::NotPciDevice { path: shown });
     }
     let bdf = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
@@ -90,31 +104,28 @@ pub fn validate_device(cfg: &DeviceConfig, index: usize) -> Result<HostDevice, V
     let group: u32 = link_name(&path.join("iommu_group"))
         .and_then(|g| g.parse().ok())
         .ok_or_else(|| VfioError::NoIommuGroup { path: shown.clone() })?;
-    let members = std::fs::read_dir(format!("/sys/kernel/iommu_groups/{group}/devices"))
+    let members = std::fs::read_dir(roots.sys.join(format!("kernel/iommu_groups/{group}/devices")))
         .map_err(|_| VfioError::NoIommuGroup { path: shown.clone() })?;
-    for member in members.flatten() {
-        if let Some(driver) = link_name(&member.path().join("driver")) {
-            if driver != "vfio-pci" && driver != "pcieport" {
-                return Err(VfioError::GroupNotViable {
-                    path: shown,
-                    group,
-                    other: member.file_name().to_string_lossy().into_owned(),
-                    driver,
-                });
-            }
-        }
+    let mut others: Vec<(String, String)> = members
+        .flatten()
+        .filter_map(|m| Some((m.file_name().to_string_lossy().into_owned(), link_name(&m.path().join("driver"))?)))
+        .filter(|(_, driver)| driver != "vfio-pci" && driver != "pcieport")
+        .collect();
+    others.sort();
+    if let Some((other, driver)) = others.into_iter().next() {
+        return Err(VfioError::GroupNotViable { path: shown, group, other, driver });
     }
-    if !Path::new(&format!("/dev/vfio/{group}")).exists() {
+    if !roots.dev.join(format!("vfio/{group}")).exists() {
         return Err(VfioError::NoGroupNode { path: shown, group });
     }
     Ok(HostDevice { path, bdf, group, id: cfg.id.clone().unwrap_or_else(|| format!("vfio{index}")) })
 }
 
 /// Validates every `--device`, rejecting the same device under two names.
-pub fn validate_devices(cfgs: &[DeviceConfig]) -> Result<Vec<HostDevice>, VfioError> {
+pub fn validate_devices(roots: &HostRoots, cfgs: &[DeviceConfig]) -> Result<Vec<HostDevice>, VfioError> {
     let mut out: Vec<HostDevice> = Vec::new();
     for (i, cfg) in cfgs.iter().enumerate() {
-        let dev = validate_device(cfg, i)?;
+        let dev = validate_device(roots, cfg, i)?;
         if out.iter().any(|d| d.path == dev.path) {
             return Err(VfioError::Duplicate { path: cfg.path.display().to_string() });
         }
@@ -363,7 +374,89 @@ impl VfioManager {
                     log::info!("{} BAR{bar}: {n} trapped accesses forwarded to the device", d.host.id);
                 }
                 dev.shutdown();
+                log::info!("{}: {} quiesced, reset and released", d.host.id, d.host.bdf);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake sysfs: VF 0000:01:10.0 (vfio-pci, group 8), VF 0000:01:10.2 (igbvf, group 9),
+    /// 0000:02:00.0 (vfio-pci) sharing group 10 with 0000:02:00.1 (e1000e).
+    fn tree() -> (PathBuf, HostRoots) {
+        let base = std::env::temp_dir().join(format!("vfvmm-sysfs-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let sys = base.join("sys");
+        let dev = base.join("dev");
+        for d in ["bus/pci/devices", "bus/pci/drivers/vfio-pci", "bus/pci/drivers/igbvf", "bus/pci/drivers/e1000e"] {
+            std::fs::create_dir_all(sys.join(d)).unwrap();
+        }
+        std::fs::create_dir_all(dev.join("vfio")).unwrap();
+        for (bdf, driver, group) in [("0000:01:10.0", "vfio-pci", 8), ("0000:01:10.2", "igbvf", 9), ("0000:02:00.0", "vfio-pci", 10), ("0000:02:00.1", "e1000e", 10)] {
+            let d = sys.join("devices/pci0000:00").join(bdf);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("config"), [0u8; 64]).unwrap();
+            symlink(sys.join("bus/pci/drivers").join(driver), d.join("driver")).unwrap();
+            let g = sys.join(format!("kernel/iommu_groups/{group}"));
+            std::fs::create_dir_all(g.join("devices")).unwrap();
+            symlink(&g, d.join("iommu_group")).unwrap();
+            symlink(&d, g.join("devices").join(bdf)).unwrap();
+            symlink(&d, sys.join("bus/pci/devices").join(bdf)).unwrap();
+            std::fs::write(dev.join(format!("vfio/{group}")), b"").unwrap();
+        }
+        (base, HostRoots { sys, dev })
+    }
+
+    fn cfg(bdf: &str) -> DeviceConfig {
+        DeviceConfig { path: PathBuf::from(format!("/sys/bus/pci/devices/{bdf}")), id: None }
+    }
+
+    #[test]
+    fn a_vfio_bound_vf_in_its_own_group_is_accepted() {
+        let (base, roots) = tree();
+        let d = validate_device(&roots, &cfg("0000:01:10.0"), 0).unwrap();
+        assert_eq!((d.bdf.as_str(), d.group, d.id.as_str()), ("0000:01:10.0", 8, "vfio0"));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn bad_devices_are_refused_with_the_fix() {
+        let (base, roots) = tree();
+        let err = |bdf: &str| validate_device(&roots, &cfg(bdf), 0).unwrap_err().to_string();
+        assert!(err("0000:99:00.0").contains("not a PCI device"));
+        let e = err("0000:01:10.2");
+        assert!(e.contains("bound to igbvf") && e.contains("driver_override") && e.contains("drivers_probe"), "{e}");
+        let e = err("0000:02:00.0");
+        assert!(e.contains("IOMMU group 10 is not viable: 0000:02:00.1 is bound to e1000e"), "{e}");
+        std::fs::remove_file(roots.dev.join("vfio/8")).unwrap();
+        assert!(err("0000:01:10.0").contains("/dev/vfio/8 is missing"));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn the_same_device_twice_is_refused() {
+        let (base, roots) = tree();
+        let e = validate_devices(&roots, &[cfg("0000:01:10.0"), cfg("0000:01:10.0")]).unwrap_err();
+        assert!(e.to_string().contains("given twice"));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn routing_table_keeps_the_irqchip_routes() {
+        let mut routes = BTreeMap::new();
+        routes.insert(24, MsiMessage { address: 0x1_fee0_1000, data: 0x41 });
+        let t = KvmPlatform::routing_table(&routes);
+        assert_eq!(t.iter().filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP).count(), 15 + 24);
+        let msi = t.iter().find(|e| e.gsi == 24).unwrap();
+        assert_eq!(msi.type_, KVM_IRQ_ROUTING_MSI);
+        // SAFETY: reading the union member this entry's type says is set.
+        let (lo, hi, data) = unsafe { (msi.u.msi.address_lo, msi.u.msi.address_hi, msi.u.msi.data) };
+        assert_eq!((lo, hi, data), (0xfee0_1000, 1, 0x41));
+        // COM1's IRQ 4 still reaches both the PIC and the IOAPIC.
+        assert_eq!(t.iter().filter(|e| e.gsi == 4).count(), 2);
     }
 }

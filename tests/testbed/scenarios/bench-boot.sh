@@ -1,8 +1,10 @@
 #!/bin/bash
-# Benchmark (runs in L1): process start -> L2 /init (the L2-INIT-START marker), vfvmm vs
-# QEMU 10 (q35 + qboot), same kernel, initramfs, 256 MiB, 1 vCPU. Rounds alternate the two
-# VMMs so drift in the emulated machine hits both alike.
-# Writes $RESULTS/bench-boot.txt: one "BOOT <vmm> <round> <ms>" line per run.
+# Benchmarks (run in L1), vfvmm vs QEMU 10 (q35 + qboot) side by side in one L1 run, same
+# kernel, initramfs, 256 MiB, 1 vCPU, rounds alternating the two VMMs:
+#   BOOT    process start -> L2 /init (L2-INIT-START), no device
+#   BOOTVF  the same with VF0 passed through
+#   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
+# Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
 set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -11,18 +13,37 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 ROUNDS=${BENCH_ROUNDS:-3}
 TESTBED_ECHO=0
-APPEND="console=ttyS0 panic=-1 quiet l2.action=poweroff"
+APPEND="console=ttyS0 panic=-1 quiet"
+VF0=0000:01:10.0
 out=$RESULTS/bench-boot.txt
 : > "$out"
 
-for ((round = 1; round <= ROUNDS; round++)); do
-    run_vmm "bench-vfvmm-$round" 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
-        --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus boot=1 --memory size=256M --cmdline "$APPEND" || true
-    echo "BOOT vfvmm $round $(marker_ms "bench-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+vfvmm_cmd() { echo "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus boot=1 --memory size=256M; }
+qemu_cmd() {
+    echo qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 256 -smp 1 -nographic -nodefaults -no-reboot \
+        -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz"
+}
 
-    run_vmm "bench-qemu-$round" 300 -- qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 256 -smp 1 \
-        -nographic -nodefaults -no-reboot -serial stdio -bios /usr/share/qemu/qboot.rom \
-        -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz" -append "$APPEND" || true
-    echo "BOOT qemu $round $(marker_ms "bench-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+for ((round = 1; round <= ROUNDS; round++)); do
+    # shellcheck disable=SC2046
+    run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
+    echo "BOOT vfvmm $round $(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    # shellcheck disable=SC2046
+    run_vmm "boot-qemu-$round" 300 -- $(qemu_cmd) -append "$APPEND l2.action=poweroff" || true
+    echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+done
+
+vf_setup "$VF0"
+rtt() { sed -n 's/.*L2-RTT min=[0-9.]* avg=\([0-9.]*\) .*/\1/p' "$RESULTS/$1.log" | head -n 1; }
+VFARGS="$APPEND l2.vf=1 l2.ip=192.0.2.10 l2.pings=20 l2.action=poweroff"
+for ((round = 1; round <= ROUNDS; round++)); do
+    # shellcheck disable=SC2046
+    run_vmm "vf-vfvmm-$round" 400 -- $(vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0" --cmdline "$VFARGS" || true
+    echo "BOOTVF vfvmm $round $(marker_ms "vf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    echo "RTT vfvmm $round $(rtt "vf-vfvmm-$round" || true)" | tee -a "$out"
+    # shellcheck disable=SC2046
+    run_vmm "vf-qemu-$round" 400 -- $(qemu_cmd) -device "vfio-pci,host=$VF0" -append "$VFARGS" || true
+    echo "BOOTVF qemu $round $(marker_ms "vf-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    echo "RTT qemu $round $(rtt "vf-qemu-$round" || true)" | tee -a "$out"
 done
 exit 0

@@ -1,6 +1,9 @@
 #!/bin/bash
-# Scenario (runs in L1): SR-IOV VF passthrough with vfvmm.
-#   vf-boot: VF0 passed at boot; igbvf binds in L2, ping the PF 3/3, MSI-X counters grow.
+# Scenario (runs in L1): SR-IOV VF passthrough with vfvmm. One L1 boot, several checks:
+#   vf-boot      VF0 at boot: igbvf binds in L2, ping the PF 3/3, MSI-X counters grow
+#   vf-reuse     VF0 again right after: the first run released it cleanly
+#   bad-*        bad --device input: one error line, exit 1, the VFs' drivers unchanged
+#   vm-a, vm-b   two VMs at once, VF0 and VF1, both ping the PF
 # The Rust test (tests/tests/testbed_vf.rs) asserts on the logs in $RESULTS.
 set -uo pipefail
 # shellcheck source=../lib.sh
@@ -8,28 +11,48 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-PF=/sys/bus/pci/devices/0000:01:00.0
+PF=0000:01:00.0
 VF0=0000:01:10.0
 VF1=0000:01:10.2
 CMDLINE="console=ttyS0 panic=-1 quiet"
 
-# VFs appear unbound; each one is handed to vfio-pci explicitly.
-echo 0 > "$PF/sriov_drivers_autoprobe"
-echo 2 > "$PF/sriov_numvfs"
-for vf in $VF0 $VF1; do
-    for _ in $(seq 50); do [[ -e /sys/bus/pci/devices/$vf ]] && break; sleep 0.1; done
-done
-bind_vfio() {
-    echo vfio-pci > "/sys/bus/pci/devices/$1/driver_override"
-    echo "$1" > /sys/bus/pci/drivers_probe
-    echo "L1-VF-BIND $1 driver=$(basename "$(readlink "/sys/bus/pci/devices/$1/driver")") group=$(basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")")"
+vf_vm() {  # vf_vm NAME VF IP [extra vfvmm args...]
+    local name=$1 vf=$2 ip=$3
+    shift 3
+    RUST_LOG=info vmm_start "$name" 400 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+        --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M \
+        --device "path=/sys/bus/pci/devices/$vf,id=vf0" "$@" \
+        --cmdline "$CMDLINE l2.vf=1 l2.ip=$ip l2.action=poweroff"
 }
-bind_vfio $VF0
-bind_vfio $VF1
-ls -l /dev/vfio/
 
-RUST_LOG=info run_vmm vf-boot 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
-    --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M \
-    --device "path=/sys/bus/pci/devices/$VF0,id=vf0" \
-    --cmdline "$CMDLINE l2.vf=1 l2.ip=192.0.2.10 l2.action=poweroff" || true
+vf_setup $VF0 $VF1
+
+vf_vm vf-boot $VF0 192.0.2.10
+vmm_wait vf-boot
+vf_vm vf-reuse $VF0 192.0.2.10
+vmm_wait vf-reuse
+
+# Bad input. VF1 goes to its host driver first, to be refused and left alone.
+xz -dc "$TESTBED_CACHE"/kernel/lib/modules/*/kernel/drivers/net/ethernet/intel/igbvf/igbvf.ko.xz > /tmp/igbvf.ko
+insmod /tmp/igbvf.ko
+bind_to $VF1 igbvf
+bad() {  # bad NAME DEVICE-ARGS...
+    local name=$1
+    shift
+    run_vmm "$name" 60 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" \
+        --memory size=256M "$@" --cmdline "$CMDLINE"
+    echo "$(driver_of $VF0) $(driver_of $VF1)" > "$RESULTS/$name.drivers"
+}
+bad bad-not-pci --device path=/sys/bus/pci/devices/0000:01:1f.7
+bad bad-host-driver --device path=/sys/bus/pci/devices/$VF1
+bad bad-pf --device path=/sys/bus/pci/devices/$PF
+bad bad-twice --device path=/sys/bus/pci/devices/$VF0 --device "path=/sys/bus/pci/devices/$VF0/"
+bind_to $VF1 vfio-pci
+
+# Two VMs at once.
+vf_vm vm-a $VF0 192.0.2.10
+vf_vm vm-b $VF1 192.0.2.11
+vmm_wait vm-a
+vmm_wait vm-b
+echo "$(driver_of $VF0) $(driver_of $VF1)" > "$RESULTS/final.drivers"
 exit 0

@@ -1,0 +1,98 @@
+//! Issue 3 acceptance in the nested testbed: a real igb VF passed into L2 by vfvmm.
+//! One L1 boot (tests/testbed/scenarios/vfvmm-vf.sh) serves every check; `#[ignore]`d for a
+//! quick `cargo test`, run by `make test`.
+
+use std::sync::OnceLock;
+
+use vfvmm_tests::{run_suite, SuiteRun};
+
+fn suite() -> &'static SuiteRun {
+    static RUN: OnceLock<SuiteRun> = OnceLock::new();
+    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-vf.sh", 2400))
+}
+
+/// Sum of the counters whose interrupt name ends with `suffix` in `L2-IRQ-<when>` lines.
+fn irq_count(run: &SuiteRun, name: &str, when: &str, suffix: &str) -> Option<u64> {
+    run.markers(name)
+        .iter()
+        .filter_map(|m| m.strip_prefix(&format!("L2-IRQ-{when} ")))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(irq, _)| irq.ends_with(suffix))
+        .map(|(_, n)| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// Everything a VM with a working VF shows.
+fn assert_vf_works(run: &SuiteRun, name: &str, ip: &str) {
+    let markers = run.markers(name);
+    let ctx = || format!("{name}: markers {markers:#?}\nstderr: {}", run.stderr(name));
+    assert!(markers.iter().any(|m| m.starts_with("L2-PCIDEV 0000:00:01.0 0x8086 0x10ca")), "{}", ctx());
+    assert!(markers.iter().any(|m| m == "L2-VF-BOUND 0000:00:01.0 driver=igbvf"), "{}", ctx());
+    assert!(markers.iter().any(|m| m.starts_with("L2-VF-NET ") && m.ends_with(&format!("carrier=1 ip={ip}"))), "{}", ctx());
+    assert!(markers.iter().any(|m| m == "L2-PING sent=3 received=3"), "{}", ctx());
+    for queue in ["-rx-0", "-tx-0"] {
+        let before = irq_count(run, name, "BEFORE", queue).unwrap_or_else(|| panic!("no {queue} counter: {}", ctx()));
+        let after = irq_count(run, name, "AFTER", queue).unwrap_or_else(|| panic!("no {queue} counter: {}", ctx()));
+        assert!(after > before, "{queue} MSI-X count did not grow ({before} -> {after}): {}", ctx());
+    }
+    assert_eq!(run.rc(name), Some(0), "{}", ctx());
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vf_at_boot_binds_pings_and_takes_msix_interrupts() {
+    assert_vf_works(suite(), "vf-boot", "192.0.2.10");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn bar0_is_mapped_not_trapped() {
+    let run = suite();
+    let err = run.stderr("vf-boot");
+    assert!(err.contains("vf0 BAR0: 0 trapped accesses forwarded to the device"), "{err}");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vf_is_reset_and_released_at_exit() {
+    let run = suite();
+    for name in ["vf-boot", "vf-reuse", "vm-a", "vm-b"] {
+        let err = run.stderr(name);
+        assert!(err.contains("vf0: 0000:01:10.") && err.contains("quiesced, reset and released"), "{name}: {err}");
+    }
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vf_is_released_and_reusable_after_exit() {
+    assert_vf_works(suite(), "vf-reuse", "192.0.2.10");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn two_vms_with_one_vf_each_ping_at_once() {
+    let run = suite();
+    assert_vf_works(run, "vm-a", "192.0.2.10");
+    assert_vf_works(run, "vm-b", "192.0.2.11");
+    assert_eq!(run.file("final.drivers").trim(), "vfio-pci vfio-pci");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn bad_devices_fail_before_the_guest_starts_and_change_nothing() {
+    let run = suite();
+    for (name, needle, drivers) in [
+        ("bad-not-pci", "not a PCI device", "vfio-pci igbvf"),
+        ("bad-host-driver", "bound to igbvf, not vfio-pci", "vfio-pci igbvf"),
+        ("bad-pf", "bound to igb, not vfio-pci", "vfio-pci igbvf"),
+        ("bad-twice", "given twice", "vfio-pci igbvf"),
+    ] {
+        let err = run.stderr(name);
+        assert_eq!(run.rc(name), Some(1), "{name}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: one error line, got {err:?}");
+        assert!(lines[0].starts_with("vfvmm: error: ") && lines[0].contains(needle), "{name}: {err}");
+        assert!(run.log(name).is_empty(), "{name}: the guest must not start");
+        assert_eq!(run.file(&format!("{name}.drivers")).trim(), drivers, "{name}: drivers changed");
+    }
+}

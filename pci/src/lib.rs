@@ -7,6 +7,7 @@ pub mod bus;
 pub mod config_access;
 pub mod configuration;
 pub mod host_bridge;
+pub mod msi;
 pub mod msix;
 pub mod vfio;
 

@@ -55,6 +55,10 @@ QEMU=(qemu-system-x86_64
     -device intel-iommu
     -device pcie-root-port,id=rp1,slot=1,chassis=1
     -device igb,bus=rp1,netdev=n0 -netdev hubport,id=n0,hubid=0
+    # Two NICs behind a PCIe-to-PCI bridge share one IOMMU group: the non-viable-group test.
+    -device pcie-pci-bridge,id=pb1,bus=pcie.0,addr=0x5
+    -device e1000,bus=pb1,addr=1,netdev=n1 -device e1000,bus=pb1,addr=2,netdev=n2
+    -netdev hubport,id=n1,hubid=1 -netdev hubport,id=n2,hubid=1
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$RESULTS_DIR,mount_tag=results,security_model=none"
     -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on,multidevs=remap"

@@ -96,3 +96,16 @@ fn bad_devices_fail_before_the_guest_starts_and_change_nothing() {
         assert_eq!(run.file(&format!("{name}.drivers")).trim(), drivers, "{name}: drivers changed");
     }
 }
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn a_non_viable_iommu_group_is_refused_and_left_alone() {
+    let run = suite();
+    let err = run.stderr("bad-group");
+    let other = run.file("bad-group.other");
+    assert_eq!(run.rc("bad-group"), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is not viable") && err.contains(&format!("{} is bound to e1000", other.trim())), "{err}");
+    assert!(run.log("bad-group").is_empty());
+    assert_eq!(run.file("bad-group.drivers").trim(), "vfio-pci e1000");
+}

@@ -109,7 +109,8 @@ pub fn validate_device(roots: &HostRoots, cfg: &DeviceConfig, index: usize) -> R
     let mut others: Vec<(String, String)> = members
         .flatten()
         .filter_map(|m| Some((m.file_name().to_string_lossy().into_owned(), link_name(&m.path().join("driver"))?)))
-        .filter(|(_, driver)| driver != "vfio-pci" && driver != "pcieport")
+        // What the kernel itself accepts in a VFIO group.
+        .filter(|(_, driver)| !matches!(driver.as_str(), "vfio-pci" | "pci-stub" | "pcieport"))
         .collect();
     others.sort();
     if let Some((other, driver)) = others.into_iter().next() {

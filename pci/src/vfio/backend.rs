@@ -97,6 +97,14 @@ impl VfioBackend for RealVfio {
         self.device.disable_msix().map_err(|e| VfioBackendError::Vfio(e.to_string()))
     }
 
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError> {
+        self.device.enable_msi(fds.to_vec()).map_err(|e| VfioBackendError::Vfio(e.to_string()))
+    }
+
+    fn disable_msi(&self) -> Result<(), VfioBackendError> {
+        self.device.disable_msi().map_err(|e| VfioBackendError::Vfio(e.to_string()))
+    }
+
     fn reset(&self) {
         self.device.reset();
     }

@@ -12,12 +12,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::caps::{find_capability, CAP_ID_MSIX};
-use super::msix_routing::{MsixRouting, MsixRoutingError};
+use super::caps::{find_capability, CAP_ID_MSI, CAP_ID_MSIX};
+use super::msix_routing::{MsiRouting, MsixRouting, MsixRoutingError};
 use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
 use crate::bar::{BarInfo, BarKind, BarShadow, NUM_BARS, ROM_REG};
 use crate::bus::PciDevice;
 use crate::configuration::{merge_bytes, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
+use crate::msi::MsiCapability;
 use crate::msix::MsixLayout;
 
 const PAGE_SIZE: u64 = 4096;
@@ -28,8 +29,8 @@ pub enum VfioPciError {
     BadBarSize { index: usize, size: u64 },
     #[error(transparent)]
     Msix(#[from] MsixRoutingError),
-    #[error("the device has no MSI-X capability (MSI-only devices are not supported yet)")]
-    NoMsix,
+    #[error("the device has neither MSI-X nor MSI (INTx-only devices are not supported)")]
+    NoMsi,
     #[error("MSI-X table or PBA lies outside BAR {0}")]
     MsixOutsideBar(u8),
 }
@@ -154,8 +155,10 @@ pub struct VfioPciDevice {
     platform: Arc<dyn VmPlatform>,
     bars: BarShadow,
     mappings: Vec<BarMapping>,
-    msix_cap: usize,
-    msix: Arc<Mutex<MsixRouting>>,
+    /// Byte offset of the MSI-X capability and its routing.
+    msix: Option<(usize, Arc<Mutex<MsixRouting>>)>,
+    /// Byte offset of the MSI capability and its routing.
+    msi: Option<(usize, MsiRouting)>,
     decode: bool,
 }
 
@@ -169,14 +172,31 @@ impl VfioPciDevice {
         addresses: &[(usize, u64)],
     ) -> Result<Self, VfioPciError> {
         let read = |reg: usize| backend.config_read_u32(reg);
-        let msix_cap = find_capability(read, CAP_ID_MSIX).ok_or(VfioPciError::NoMsix)?;
-        let cap0 = backend.config_read_u32(msix_cap / 4);
-        let layout = MsixLayout::from_capability(
-            (cap0 >> 16) as u16,
-            backend.config_read_u32(msix_cap / 4 + 1),
-            backend.config_read_u32(msix_cap / 4 + 2),
-        );
-        let routing = Arc::new(Mutex::new(MsixRouting::new(layout, backend.clone(), platform.clone())?));
+        let msix_cap = find_capability(read, CAP_ID_MSIX);
+        let msi_cap = find_capability(read, CAP_ID_MSI);
+        if msix_cap.is_none() && msi_cap.is_none() {
+            return Err(VfioPciError::NoMsi);
+        }
+        let msix = match msix_cap {
+            Some(cap) => {
+                let cap0 = backend.config_read_u32(cap / 4);
+                let layout = MsixLayout::from_capability(
+                    (cap0 >> 16) as u16,
+                    backend.config_read_u32(cap / 4 + 1),
+                    backend.config_read_u32(cap / 4 + 2),
+                );
+                Some((cap, layout, Arc::new(Mutex::new(MsixRouting::new(layout, backend.clone(), platform.clone())?))))
+            }
+            None => None,
+        };
+        let msi = match msi_cap {
+            Some(cap) => {
+                let control = (backend.config_read_u32(cap / 4) >> 16) as u16;
+                let routing = MsiRouting::new(MsiCapability::new(cap, control), control, backend.clone(), platform.clone())?;
+                Some((cap, routing))
+            }
+            None => None,
+        };
 
         let mut placed = Vec::new();
         let mut mappings = Vec::new();
@@ -191,28 +211,29 @@ impl VfioPciDevice {
             }
             let region = VFIO_PCI_BAR0_REGION_INDEX + info.index as u32;
             let mut holes = Vec::new();
-            let mut msix = None;
-            for (bar, offset, size) in [
-                (layout.table_bar, layout.table_offset, layout.table_size()),
-                (layout.pba_bar, layout.pba_offset, layout.pba_size()),
-            ] {
-                if usize::from(bar) == info.index {
-                    if u64::from(offset) + size > info.size {
-                        return Err(VfioPciError::MsixOutsideBar(bar));
-                    }
-                    holes.push(page_span(u64::from(offset), size));
-                }
-            }
-            if usize::from(layout.table_bar) == info.index || usize::from(layout.pba_bar) == info.index {
-                let table = (u64::from(layout.table_offset), layout.table_size());
-                let pba = (u64::from(layout.pba_offset), layout.pba_size());
+            let mut msix_here = None;
+            if let Some((_, layout, routing)) = &msix {
                 // A structure in another BAR can never match an offset here.
                 let none = (u64::MAX, 0);
-                msix = Some((
-                    if usize::from(layout.table_bar) == info.index { table } else { none },
-                    if usize::from(layout.pba_bar) == info.index { pba } else { none },
-                    routing.clone(),
-                ));
+                let mut spans = [none, none];
+                for (i, (bar, offset, size)) in [
+                    (layout.table_bar, layout.table_offset, layout.table_size()),
+                    (layout.pba_bar, layout.pba_offset, layout.pba_size()),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if usize::from(bar) == info.index {
+                        if u64::from(offset) + size > info.size {
+                            return Err(VfioPciError::MsixOutsideBar(bar));
+                        }
+                        holes.push(page_span(u64::from(offset), size));
+                        spans[i] = (u64::from(offset), size);
+                    }
+                }
+                if spans != [none, none] {
+                    msix_here = Some((spans[0], spans[1], routing.clone()));
+                }
             }
             let info_region = backend.region(region).unwrap_or_default();
             let mut areas = Vec::new();
@@ -222,7 +243,7 @@ impl VfioPciDevice {
                     Err(e) => log::warn!("BAR {}: {e}; that part will trap", info.index),
                 }
             }
-            let trapped = Arc::new(TrappedBar { region, backend: backend.clone(), msix, forwarded: AtomicU64::new(0) });
+            let trapped = Arc::new(TrappedBar { region, backend: backend.clone(), msix: msix_here, forwarded: AtomicU64::new(0) });
             mappings.push(BarMapping { info: *info, areas, trapped, live: None });
         }
         Ok(Self {
@@ -230,8 +251,8 @@ impl VfioPciDevice {
             platform,
             bars: BarShadow::new(&placed),
             mappings,
-            msix_cap,
-            msix: routing,
+            msix: msix.map(|(cap, _, routing)| (cap, routing)),
+            msi,
             decode: false,
         })
     }
@@ -297,13 +318,23 @@ impl VfioPciDevice {
         }
     }
 
-    fn msix_control_reg(&self) -> usize {
-        self.msix_cap / 4
+    fn msix_control_reg(&self) -> Option<usize> {
+        self.msix.as_ref().map(|(cap, _)| cap / 4)
+    }
+
+    /// Dword index within the MSI capability, if `reg` is one of its registers.
+    fn msi_dword(&self, reg: usize) -> Option<usize> {
+        let (cap, routing) = self.msi.as_ref()?;
+        let index = reg.checked_sub(cap / 4)?;
+        (index < routing.state.capability().dwords()).then_some(index)
     }
 
     /// Removes the device from the VM: MSI-X off, BARs unmapped, the function reset.
     pub fn shutdown(&mut self) {
-        if let Ok(mut r) = self.msix.lock() {
+        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
+            r.shutdown();
+        }
+        if let Some((_, r)) = self.msi.as_mut() {
             r.shutdown();
         }
         for i in 0..self.mappings.len() {
@@ -322,6 +353,15 @@ impl Drop for VfioPciDevice {
     }
 }
 
+impl VfioPciDevice {
+    /// The dword `reg` as it would be after a partial write of `data` at `offset`.
+    fn merged_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Option<u32> {
+        let (value, shift, width) = merge_bytes(offset, data)?;
+        let mask = width << shift;
+        Some((self.config_read(reg) & !mask) | (value << shift))
+    }
+}
+
 impl PciDevice for VfioPciDevice {
     fn config_read(&mut self, reg: usize) -> u32 {
         if BarShadow::is_bar_register(reg) {
@@ -331,9 +371,13 @@ impl PciDevice for VfioPciDevice {
             return 0;
         }
         let value = self.backend.config_read_u32(reg);
-        if reg == self.msix_control_reg() {
-            let control = self.msix.lock().map(|r| r.state.control()).unwrap_or(0);
+        if Some(reg) == self.msix_control_reg() {
+            let control = self.msix.as_ref().and_then(|(_, r)| r.lock().ok().map(|r| r.state.control())).unwrap_or(0);
             return (value & 0xffff) | (u32::from(control) << 16);
+        }
+        if let (Some(index), Some((_, routing))) = (self.msi_dword(reg), self.msi.as_ref()) {
+            let emulated = routing.state.read(index);
+            return if index == 0 { (value & 0xffff) | emulated } else { emulated };
         }
         value
     }
@@ -354,16 +398,19 @@ impl PciDevice for VfioPciDevice {
         if reg == ROM_REG {
             return;
         }
-        if reg == self.msix_control_reg() {
+        if Some(reg) == self.msix_control_reg() {
             // Bytes 2..3 are Message Control; bytes 0..1 (id, next) are read-only.
-            if let Some((value, shift, width)) = merge_bytes(offset, data) {
-                if offset + data.len() as u64 > 2 {
-                    let current = self.config_read(reg);
-                    let mask = width << shift;
-                    let merged = (current & !mask) | (value << shift);
-                    if let Ok(mut r) = self.msix.lock() {
-                        r.set_control((merged >> 16) as u16);
-                    }
+            if let Some(merged) = self.merged_write(reg, offset, data).filter(|_| offset + data.len() as u64 > 2) {
+                if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
+                    r.set_control((merged >> 16) as u16);
+                }
+            }
+            return;
+        }
+        if let Some(index) = self.msi_dword(reg) {
+            if let Some(merged) = self.merged_write(reg, offset, data) {
+                if let Some((_, routing)) = self.msi.as_mut() {
+                    routing.write(index, merged);
                 }
             }
             return;

@@ -134,3 +134,40 @@ fn other_config_writes_reach_the_device_and_shutdown_resets() {
     assert_eq!(*backend.resets.lock().unwrap(), 1);
     assert_eq!(backend.msix_calls.lock().unwrap().last(), Some(&0));
 }
+
+#[test]
+fn msi_only_device_is_emulated_and_routed() {
+    let backend = Arc::new(FakeVfio::msi_only());
+    let platform = Arc::new(FakePlatform::new());
+    let bars = discover_bars(backend.as_ref());
+    let mut dev = VfioPciDevice::new(backend.clone(), platform.clone(), &bars, &[(0, 0xc000_0000)]).unwrap();
+    // id/next from the device, control emulated (read-only bits kept, enable off).
+    assert_eq!(dev.config_read(0x50 / 4), 0x0184_0005);
+    // Linux: address, data, then enable with 2 vectors.
+    write32(&mut dev, 0x54 / 4, 0xfee0_2000);
+    write32(&mut dev, 0x58 / 4, 0);
+    dev.config_write(0x5c / 4, 0, &0x4060u16.to_le_bytes());
+    assert!(platform.routes.lock().unwrap().is_empty());
+    dev.config_write(0x50 / 4, 2, &(0x0184u16 | 1 | (1 << 4)).to_le_bytes());
+    assert_eq!(*backend.msi_calls.lock().unwrap(), vec![2], "VFIO MSI with 2 eventfds");
+    let routes: Vec<u32> = platform.routes.lock().unwrap().values().map(|m| m.data).collect();
+    assert_eq!(routes, vec![0x4060, 0x4061]);
+    assert_eq!(platform.irqfds.lock().unwrap().len(), 2);
+    // Per-vector mask of vector 0, read back; the device never saw these writes.
+    write32(&mut dev, 0x60 / 4, 1);
+    assert_eq!(dev.config_read(0x60 / 4), 1);
+    assert_eq!(platform.irqfds.lock().unwrap().len(), 1);
+    assert_eq!(u32::from_le_bytes(backend.config.lock().unwrap()[0x54..0x58].try_into().unwrap()), 0);
+    dev.shutdown();
+    assert_eq!(*backend.msi_calls.lock().unwrap(), vec![2, 0]);
+    assert!(platform.irqfds.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_device_without_msi_or_msix_is_refused() {
+    let backend = Arc::new(FakeVfio::msi_only());
+    backend.config.lock().unwrap()[0x34] = 0;
+    let platform = Arc::new(FakePlatform::new());
+    let err = VfioPciDevice::new(backend, platform, &[], &[]).err().unwrap();
+    assert!(matches!(err, VfioPciError::NoMsi));
+}

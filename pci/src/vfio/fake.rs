@@ -18,6 +18,8 @@ pub struct FakeVfio {
     pub accesses: Mutex<Vec<(u32, u64, usize, bool)>>,
     /// Number of eventfds passed at each MSI-X enable; `0` records a disable.
     pub msix_calls: Mutex<Vec<usize>>,
+    /// The same for MSI.
+    pub msi_calls: Mutex<Vec<usize>>,
     pub resets: Mutex<u32>,
 }
 
@@ -41,6 +43,21 @@ impl FakeVfio {
         let mut regions = BTreeMap::new();
         regions.insert(0, bar(None));
         regions.insert(3, bar(Some(vec![(0x1000, 0x1000), (0x3000, 0x1000)])));
+        regions.insert(VFIO_PCI_CONFIG_REGION_INDEX, RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() });
+        Self { config: Mutex::new(cfg), regions, ..Default::default() }
+    }
+
+    /// A function with only MSI (64-bit, per-vector masking, 4 vectors) at 0x50 and one
+    /// 4 KiB 32-bit BAR.
+    pub fn msi_only() -> Self {
+        let mut cfg = vec![0u8; 4096];
+        let mut put = |off: usize, v: u32| cfg[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        put(0x00, 0x1234_1af4);
+        put(0x04, 0x0010_0000);
+        put(0x34, 0x50);
+        put(0x50, 0x0184_0005); // MSI, end of list; control: per-vector mask, 64-bit, MMC=2
+        let mut regions = BTreeMap::new();
+        regions.insert(0, RegionInfo { size: 0x1000, readable: true, writable: true, mmappable: true, sparse: None, msix_mappable: false });
         regions.insert(VFIO_PCI_CONFIG_REGION_INDEX, RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() });
         Self { config: Mutex::new(cfg), regions, ..Default::default() }
     }
@@ -93,6 +110,16 @@ impl VfioBackend for FakeVfio {
 
     fn disable_msix(&self) -> Result<(), VfioBackendError> {
         self.msix_calls.lock().unwrap().push(0);
+        Ok(())
+    }
+
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError> {
+        self.msi_calls.lock().unwrap().push(fds.len());
+        Ok(())
+    }
+
+    fn disable_msi(&self) -> Result<(), VfioBackendError> {
+        self.msi_calls.lock().unwrap().push(0);
         Ok(())
     }
 

@@ -106,6 +106,8 @@ pub trait VfioBackend: Send + Sync {
     fn irq_count(&self, index: u32) -> u32;
     fn enable_msix(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError>;
     fn disable_msix(&self) -> Result<(), VfioBackendError>;
+    fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError>;
+    fn disable_msi(&self) -> Result<(), VfioBackendError>;
     fn reset(&self);
 
     fn config_read_u32(&self, reg: usize) -> u32 {

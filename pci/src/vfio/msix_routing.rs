@@ -11,6 +11,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VfioBackend, VmPlatform};
+use crate::msi::{MsiCapability, MsiState};
 use crate::msix::{MsixLayout, MsixState, VectorChange};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,46 +22,36 @@ pub enum MsixRoutingError {
     Gsi { vector: u16, reason: String },
 }
 
-pub struct MsixRouting {
-    pub layout: MsixLayout,
-    pub state: MsixState,
+/// One GSI, eventfd and irqfd per vector, shared by the MSI-X and MSI paths.
+pub struct VectorRoutes {
     gsis: Vec<u32>,
     eventfds: Vec<EventFd>,
     attached: Vec<bool>,
-    vfio_enabled: bool,
-    backend: Arc<dyn VfioBackend>,
     platform: Arc<dyn VmPlatform>,
 }
 
-impl MsixRouting {
-    pub fn new(
-        layout: MsixLayout,
-        backend: Arc<dyn VfioBackend>,
-        platform: Arc<dyn VmPlatform>,
-    ) -> Result<Self, MsixRoutingError> {
-        let mut gsis = Vec::with_capacity(usize::from(layout.vectors));
-        let mut eventfds = Vec::with_capacity(usize::from(layout.vectors));
-        for vector in 0..layout.vectors {
+impl VectorRoutes {
+    pub fn new(vectors: u16, platform: Arc<dyn VmPlatform>) -> Result<Self, MsixRoutingError> {
+        let mut gsis = Vec::with_capacity(usize::from(vectors));
+        let mut eventfds = Vec::with_capacity(usize::from(vectors));
+        for vector in 0..vectors {
             gsis.push(platform.allocate_gsi().map_err(|reason| MsixRoutingError::Gsi { vector, reason })?);
             eventfds.push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MsixRoutingError::EventFd { vector, source })?);
         }
-        Ok(Self {
-            layout,
-            state: MsixState::new(layout.vectors),
-            gsis,
-            attached: vec![false; usize::from(layout.vectors)],
-            eventfds,
-            vfio_enabled: false,
-            backend,
-            platform,
-        })
+        Ok(Self { gsis, attached: vec![false; usize::from(vectors)], eventfds, platform })
     }
 
     pub fn gsis(&self) -> &[u32] {
         &self.gsis
     }
 
-    fn apply(&mut self, changes: Vec<VectorChange>) {
+    pub fn eventfds(&self, n: usize) -> Vec<&EventFd> {
+        self.eventfds.iter().take(n).collect()
+    }
+
+    /// Route first, then attach: a vector never fires with a stale message.
+    pub fn apply(&mut self, changes: Vec<VectorChange>) -> Vec<u16> {
+        let mut routed = Vec::new();
         for change in changes {
             match change {
                 VectorChange::Route { vector, message } => {
@@ -75,7 +66,7 @@ impl MsixRouting {
                             Err(e) => log::warn!("MSI-X vector {vector}: cannot attach irqfd: {e}"),
                         }
                     }
-                    self.state.set_pending(vector, false);
+                    routed.push(vector);
                 }
                 VectorChange::Mask { vector } => {
                     let v = usize::from(vector);
@@ -88,6 +79,56 @@ impl MsixRouting {
                 }
             }
         }
+        routed
+    }
+
+    /// Whether vector `v`'s eventfd fired while its irqfd was detached. The count is put back
+    /// so that attaching the irqfd still delivers it.
+    pub fn fired_while_masked(&self, v: usize) -> bool {
+        if self.attached[v] {
+            return false;
+        }
+        match self.eventfds[v].read() {
+            Ok(count) => {
+                let _ = self.eventfds[v].write(count);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+pub struct MsixRouting {
+    pub layout: MsixLayout,
+    pub state: MsixState,
+    routes: VectorRoutes,
+    vfio_enabled: bool,
+    backend: Arc<dyn VfioBackend>,
+}
+
+impl MsixRouting {
+    pub fn new(
+        layout: MsixLayout,
+        backend: Arc<dyn VfioBackend>,
+        platform: Arc<dyn VmPlatform>,
+    ) -> Result<Self, MsixRoutingError> {
+        Ok(Self {
+            layout,
+            state: MsixState::new(layout.vectors),
+            routes: VectorRoutes::new(layout.vectors, platform)?,
+            vfio_enabled: false,
+            backend,
+        })
+    }
+
+    pub fn gsis(&self) -> &[u32] {
+        self.routes.gsis()
+    }
+
+    fn apply(&mut self, changes: Vec<VectorChange>) {
+        for vector in self.routes.apply(changes) {
+            self.state.set_pending(vector, false);
+        }
     }
 
     /// Guest write of Message Control.
@@ -95,7 +136,7 @@ impl MsixRouting {
         let was_enabled = self.state.enabled();
         let changes = self.state.set_control(control);
         if self.state.enabled() && !self.vfio_enabled {
-            let fds: Vec<&EventFd> = self.eventfds.iter().collect();
+            let fds = self.routes.eventfds(usize::from(self.layout.vectors));
             match self.backend.enable_msix(&fds) {
                 Ok(()) => self.vfio_enabled = true,
                 Err(e) => log::warn!("cannot enable MSI-X on the device: {e}"),
@@ -123,12 +164,8 @@ impl MsixRouting {
     /// so that unmasking still delivers it.
     pub fn pba_read(&mut self, offset: u64, data: &mut [u8]) {
         for v in 0..self.state.vectors() {
-            let i = usize::from(v);
-            if !self.attached[i] {
-                if let Ok(count) = self.eventfds[i].read() {
-                    self.state.set_pending(v, true);
-                    let _ = self.eventfds[i].write(count);
-                }
+            if self.routes.fired_while_masked(usize::from(v)) {
+                self.state.set_pending(v, true);
             }
         }
         self.state.pba_read(offset, data);
@@ -137,5 +174,55 @@ impl MsixRouting {
     /// Tears everything down (device removal, VM exit).
     pub fn shutdown(&mut self) {
         self.set_control(0);
+    }
+}
+
+/// MSI of a passed-through function: the emulated capability wired like MSI-X.
+pub struct MsiRouting {
+    pub state: MsiState,
+    routes: VectorRoutes,
+    /// Vectors VFIO was enabled with (0: disabled).
+    vfio_vectors: u8,
+    backend: Arc<dyn VfioBackend>,
+}
+
+impl MsiRouting {
+    pub fn new(
+        cap: MsiCapability,
+        device_control: u16,
+        backend: Arc<dyn VfioBackend>,
+        platform: Arc<dyn VmPlatform>,
+    ) -> Result<Self, MsixRoutingError> {
+        Ok(Self {
+            state: MsiState::new(cap, device_control),
+            routes: VectorRoutes::new(u16::from(cap.max_vectors), platform)?,
+            vfio_vectors: 0,
+            backend,
+        })
+    }
+
+    /// Guest write of capability dword `index` (already merged to a full dword).
+    pub fn write(&mut self, index: usize, value: u32) {
+        let changes = self.state.write(index, value);
+        let wanted = if self.state.enabled() { self.state.vectors() } else { 0 };
+        if wanted != self.vfio_vectors {
+            if self.vfio_vectors != 0 {
+                if let Err(e) = self.backend.disable_msi() {
+                    log::warn!("cannot disable MSI on the device: {e}");
+                }
+                self.vfio_vectors = 0;
+            }
+            if wanted != 0 {
+                match self.backend.enable_msi(&self.routes.eventfds(usize::from(wanted))) {
+                    Ok(()) => self.vfio_vectors = wanted,
+                    Err(e) => log::warn!("cannot enable MSI on the device: {e}"),
+                }
+            }
+        }
+        self.routes.apply(changes);
+    }
+
+    pub fn shutdown(&mut self) {
+        self.write(0, 0);
     }
 }

@@ -49,6 +49,19 @@ bad bad-pf --device path=/sys/bus/pci/devices/$PF
 bad bad-twice --device path=/sys/bus/pci/devices/$VF0 --device "path=/sys/bus/pci/devices/$VF0/"
 bind_to $VF1 vfio-pci
 
+# A non-viable IOMMU group: two e1000s behind a PCI bridge share one; one goes to vfio-pci,
+# the other stays with its host driver.
+xz -dc "$TESTBED_CACHE"/kernel/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz > /tmp/e1000.ko
+insmod /tmp/e1000.ko
+mapfile -t E1000 < <(grep -l 0x100e /sys/bus/pci/devices/*/device | xargs -n1 dirname | xargs -n1 basename | sort)
+echo "L1-E1000 ${E1000[*]} group=$(basename "$(readlink "/sys/bus/pci/devices/${E1000[0]}/iommu_group")")"
+bind_to "${E1000[0]}" vfio-pci
+bind_to "${E1000[1]}" e1000
+run_vmm bad-group 60 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" \
+    --memory size=256M --device "path=/sys/bus/pci/devices/${E1000[0]}" --cmdline "$CMDLINE"
+echo "$(driver_of "${E1000[0]}") $(driver_of "${E1000[1]}")" > "$RESULTS/bad-group.drivers"
+echo "${E1000[1]}" > "$RESULTS/bad-group.other"
+
 # Two VMs at once.
 vf_vm vm-a $VF0 192.0.2.10
 vf_vm vm-b $VF1 192.0.2.11

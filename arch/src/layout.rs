@@ -105,6 +105,11 @@ pub fn pci_mmio64_window(mem_size: u64, phys_bits: u8) -> Option<(u64, u64)> {
     (end <= limit).then_some((start, PCI_MMIO64_SIZE))
 }
 
+/// The PCI MMIO windows: the 32-bit one, and the 64-bit one when it fits.
+pub fn pci_windows(mem_size: u64, phys_bits: u8) -> Vec<(u64, u64)> {
+    std::iter::once((PCI_MMIO32_START, PCI_MMIO32_SIZE)).chain(pci_mmio64_window(mem_size, phys_bits)).collect()
+}
+
 /// Largest guest memory that fits the physical address space with the 64-bit PCI window.
 pub fn max_memory(phys_bits: u8) -> u64 {
     let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);

@@ -4,6 +4,7 @@ pub mod boot;
 pub mod config;
 pub mod device_manager;
 pub mod event_loop;
+pub mod exit_counters;
 pub mod memory;
 pub mod vcpu;
 pub mod vfio;
@@ -51,6 +52,22 @@ impl GuestExit {
             GuestExit::Failed(_) => exit_code::ERROR,
             GuestExit::Terminated(signal) => 128 + signal,
         }
+    }
+}
+
+/// Milliseconds since this process started (from /proc/self/stat), for start-up timing logs.
+pub fn process_age_ms() -> u64 {
+    let start_ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse::<u64>().ok()));
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    match (start_ticks, uptime) {
+        (Some(t), Some(up)) => ((up - t as f64 / hz) * 1000.0).max(0.0) as u64,
+        _ => 0,
     }
 }
 

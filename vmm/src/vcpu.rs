@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::EntryPoint;
+use crate::exit_counters::ExitCounters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -72,16 +73,6 @@ impl ExitSignal {
     }
 }
 
-/// Counters of exits that needed the VMM, per vCPU, reported at shutdown.
-#[derive(Debug, Default, Clone)]
-pub struct ExitCounters {
-    pub pio: u64,
-    pub mmio: u64,
-    pub unhandled_pio: u64,
-    pub unhandled_mmio: u64,
-    pub mmio_ecam: u64,
-}
-
 static UNHANDLED_LOG: Mutex<RateLimiter> = Mutex::new(RateLimiter::new(10, Duration::from_secs(1)));
 
 /// Everything a vCPU thread shares with the rest of the VMM.
@@ -89,6 +80,8 @@ pub struct VcpuShared {
     pub io: Arc<RwLock<IoManager>>,
     pub exit: Arc<ExitSignal>,
     pub stop: AtomicBool,
+    /// PCI MMIO windows, for the exit counters.
+    pub pci_windows: Vec<(u64, u64)>,
 }
 
 /// The kick signal only needs to interrupt KVM_RUN; the handler does nothing.
@@ -158,36 +151,28 @@ enum Next {
 fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitCounters) -> Next {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            counters.pio += 1;
             let handled = shared.io.read().map(|io| io.pio_read(PioAddress(port), data).is_ok()).unwrap_or(false);
+            counters.record_pio(port, handled);
             if !handled {
-                counters.unhandled_pio += 1;
                 data.fill(0xff);
             }
         }
         VcpuExit::IoOut(port, data) => {
-            counters.pio += 1;
             let handled = shared.io.read().map(|io| io.pio_write(PioAddress(port), data).is_ok()).unwrap_or(false);
-            if !handled {
-                counters.unhandled_pio += 1;
-            }
+            counters.record_pio(port, handled);
         }
         VcpuExit::MmioRead(addr, data) => {
-            counters.mmio += 1;
-            count_ecam(addr, counters);
             let handled = shared.io.read().map(|io| io.mmio_read(MmioAddress(addr), data).is_ok()).unwrap_or(false);
+            counters.record_mmio(addr, handled, &shared.pci_windows);
             if !handled {
-                counters.unhandled_mmio += 1;
                 warn_ratelimited!(&UNHANDLED_LOG, "vcpu{id}: read of {} bytes at unassigned MMIO {addr:#x}", data.len());
                 data.fill(0xff);
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
-            counters.mmio += 1;
-            count_ecam(addr, counters);
             let handled = shared.io.read().map(|io| io.mmio_write(MmioAddress(addr), data).is_ok()).unwrap_or(false);
+            counters.record_mmio(addr, handled, &shared.pci_windows);
             if !handled {
-                counters.unhandled_mmio += 1;
                 warn_ratelimited!(&UNHANDLED_LOG, "vcpu{id}: write of {} bytes at unassigned MMIO {addr:#x}", data.len());
             }
         }
@@ -223,13 +208,6 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
         }
     }
     Next::Continue
-}
-
-fn count_ecam(addr: u64, counters: &mut ExitCounters) {
-    let ecam = arch::layout::PCI_ECAM_START..arch::layout::PCI_ECAM_START + arch::layout::PCI_ECAM_SIZE;
-    if ecam.contains(&addr) {
-        counters.mmio_ecam += 1;
-    }
 }
 
 fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {

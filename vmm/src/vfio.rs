@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry, kvm_userspace_memory_region,
@@ -166,8 +166,33 @@ impl DeviceMmio for BarRouter {
     }
 }
 
+/// Whether guest RAM is DMA-mapped yet: mapping runs on its own thread while the guest boots.
+#[derive(Default)]
+struct DmaGate {
+    state: Mutex<Option<Result<(), String>>>,
+    done: Condvar,
+}
+
+impl DmaGate {
+    fn set(&self, result: Result<(), String>) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = Some(result);
+        }
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut s = self.state.lock().map_err(|_| "DMA gate poisoned".to_string())?;
+        while s.is_none() {
+            s = self.done.wait(s).map_err(|_| "DMA gate poisoned".to_string())?;
+        }
+        s.clone().unwrap_or(Ok(()))
+    }
+}
+
 /// The KVM side of passthrough.
 pub struct KvmPlatform {
+    dma: DmaGate,
     vm: Arc<VmFd>,
     next_slot: AtomicU32,
     free_slots: Mutex<Vec<u32>>,
@@ -181,6 +206,7 @@ pub struct KvmPlatform {
 impl KvmPlatform {
     pub fn new(vm: Arc<VmFd>, first_free_slot: u32, router: Arc<BarRouter>) -> Self {
         Self {
+            dma: DmaGate::default(),
             vm,
             next_slot: AtomicU32::new(first_free_slot),
             free_slots: Mutex::new(Vec::new()),
@@ -291,6 +317,10 @@ impl VmPlatform for KvmPlatform {
             bars.remove(&base);
         }
     }
+
+    fn wait_dma_ready(&self) -> Result<(), String> {
+        self.dma.wait()
+    }
 }
 
 /// A passed-through device in the VM.
@@ -311,7 +341,8 @@ pub struct VfioManager {
     container: Arc<VfioContainer>,
     platform: Arc<KvmPlatform>,
     pub devices: Vec<AttachedDevice>,
-    dma_mapped: bool,
+    /// The thread DMA-mapping guest RAM (started with the first device).
+    dma_mapper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl VfioManager {
@@ -320,7 +351,7 @@ impl VfioManager {
         let kvm_vfio = vm.create_device(&mut desc).map_err(VfioError::KvmVfioDevice)?;
         let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
         let container = VfioContainer::new(Some(handle)).map_err(|e| VfioError::Container(e.to_string()))?;
-        Ok(Self { container: Arc::new(container), platform, devices: Vec::new(), dma_mapped: false })
+        Ok(Self { container: Arc::new(container), platform, devices: Vec::new(), dma_mapper: None })
     }
 
     /// Opens `host`, places its BARs, plugs it into the PCI bus and maps guest RAM for DMA.
@@ -333,13 +364,31 @@ impl VfioManager {
     ) -> Result<&AttachedDevice, VfioError> {
         let path = host.path.display().to_string();
         let setup = |reason: String| VfioError::Setup { path: path.clone(), reason };
+        let started = std::time::Instant::now();
         let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
             .map_err(|e| VfioError::Open { path: path.clone(), reason: e.to_string() })?;
-        if !self.dma_mapped {
-            // SAFETY: guest memory stays mapped for the life of the VM, which outlives the
-            // container; the guest and the device share it as DMA memory, which is what it is for.
-            unsafe { self.container.vfio_map_guest_memory(memory) }.map_err(|e| VfioError::DmaMap(e.to_string()))?;
-            self.dma_mapped = true;
+        log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
+        if self.dma_mapper.is_none() {
+            // Pinning and mapping all of guest RAM takes seconds in the nested testbed; it runs
+            // while the guest boots, and devices wait for it before they may master the bus.
+            let (container, platform, memory) = (self.container.clone(), self.platform.clone(), memory.clone());
+            let mapper = std::thread::Builder::new()
+                .name("vfio-dma".into())
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    // SAFETY: guest memory stays mapped for the life of the VM, which outlives
+                    // the container (the VMM joins this thread and drops devices and the
+                    // container before the memory); guest and device share it as DMA memory,
+                    // which is what it is for.
+                    let result = unsafe { container.vfio_map_guest_memory(&memory) }.map_err(|e| e.to_string());
+                    match &result {
+                        Ok(()) => log::debug!("guest RAM DMA-mapped in {} ms", started.elapsed().as_millis()),
+                        Err(e) => log::error!("cannot DMA-map guest memory for VFIO: {e}"),
+                    }
+                    platform.dma.set(result);
+                })
+                .map_err(|e| VfioError::DmaMap(e.to_string()))?;
+            self.dma_mapper = Some(mapper);
         }
         let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
         let bars = discover_bars(backend.as_ref());
@@ -369,6 +418,9 @@ impl VfioManager {
 
     /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).
     pub fn shutdown(&mut self) {
+        if let Some(mapper) = self.dma_mapper.take() {
+            let _ = mapper.join();
+        }
         for d in self.devices.drain(..) {
             if let Ok(mut dev) = d.device.lock() {
                 for (bar, n) in dev.forwarded_accesses() {

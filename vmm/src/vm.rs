@@ -63,11 +63,11 @@ impl Vm {
         let memory = create_guest_memory(config.memory, phys_bits)?;
         register_with_kvm(&fd, &memory)?;
         arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
-        let mmio32 = (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE);
-        let mmio64 = arch::layout::pci_mmio64_window(config.memory, phys_bits);
-        let windows: Vec<(u64, u64)> = std::iter::once(mmio32).chain(mmio64).collect();
+        let windows = arch::layout::pci_windows(config.memory, phys_bits);
         let devices = create_devices(&fd, &config.serial, &windows)?;
-        let bar_allocator = Mutex::new(BarAllocator::new(mmio32, mmio64).map_err(|e| VmmError::Kvm(e.to_string()))?);
+        let bar_allocator = Mutex::new(
+            BarAllocator::new(windows[0], windows.get(1).copied()).map_err(|e| VmmError::Kvm(e.to_string()))?,
+        );
         let fd = Arc::new(fd);
         let platform = Arc::new(KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone()));
         Ok(Self {
@@ -97,6 +97,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The PCI MMIO windows (32-bit, and 64-bit when it fits).
+    pub fn pci_windows(&self) -> Vec<(u64, u64)> {
+        arch::layout::pci_windows(self.config.memory, self.phys_bits)
+    }
+
     /// ACPI description of this VM.
     pub fn acpi_config(&self) -> arch::acpi::AcpiConfig {
         arch::acpi::AcpiConfig {
@@ -114,6 +119,7 @@ impl Vm {
             io: self.devices.io.clone(),
             exit: exit.clone(),
             stop: AtomicBool::new(false),
+            pci_windows: self.pci_windows(),
         });
 
         let mut vcpus = Vec::with_capacity(usize::from(self.config.cpus));
@@ -141,6 +147,7 @@ impl Vm {
             None
         };
 
+        log::info!("VM set up in {} ms; starting {} vCPU(s)", crate::process_age_ms(), vcpus.len());
         let mut handles = Vec::with_capacity(vcpus.len());
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             match VcpuHandle::spawn(id as u8, vcpu, shared.clone()) {
@@ -163,10 +170,7 @@ impl Vm {
         for handle in handles {
             let id = handle.id;
             if let Some(c) = handle.stop() {
-                log::info!(
-                    "vcpu{id} exits: pio={} mmio={} (ecam={}) unhandled pio={} mmio={}",
-                    c.pio, c.mmio, c.mmio_ecam, c.unhandled_pio, c.unhandled_mmio
-                );
+                log::info!("vcpu{id} exits: {}", c.summary());
             }
         }
         // Devices go after the vCPUs, on this (the VMM) thread.

@@ -17,7 +17,7 @@ use super::msix_routing::{MsiRouting, MsixRouting, MsixRoutingError};
 use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
 use crate::bar::{BarInfo, BarKind, BarShadow, NUM_BARS, ROM_REG};
 use crate::bus::PciDevice;
-use crate::configuration::{merge_bytes, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
+use crate::configuration::{merge_bytes, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
 use crate::msi::MsiCapability;
 use crate::msix::MsixLayout;
 
@@ -415,7 +415,15 @@ impl PciDevice for VfioPciDevice {
             }
             return;
         }
-        self.backend.region_write(VFIO_PCI_CONFIG_REGION_INDEX, reg as u64 * 4 + offset, data);
+        let mut data = data.to_vec();
+        if reg == REG_COMMAND_STATUS && offset == 0 && data.first().is_some_and(|b| u16::from(*b) & COMMAND_BUS_MASTER != 0) {
+            // No DMA before guest RAM is mapped in the IOMMU.
+            if let Err(e) = self.platform.wait_dma_ready() {
+                log::error!("bus mastering stays off: guest memory is not DMA-mapped: {e}");
+                data[0] &= !(COMMAND_BUS_MASTER as u8);
+            }
+        }
+        self.backend.region_write(VFIO_PCI_CONFIG_REGION_INDEX, reg as u64 * 4 + offset, &data);
         if reg == REG_COMMAND_STATUS && offset < 2 {
             let command = self.backend.config_read_u32(REG_COMMAND_STATUS) as u16;
             self.set_decode(command & COMMAND_MEMORY_SPACE != 0);

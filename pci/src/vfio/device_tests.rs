@@ -171,3 +171,17 @@ fn a_device_without_msi_or_msix_is_refused() {
     let err = VfioPciDevice::new(backend, platform, &[], &[]).err().unwrap();
     assert!(matches!(err, VfioPciError::NoMsi));
 }
+
+#[test]
+fn bus_mastering_waits_for_dma_mapping_and_stays_off_when_it_failed() {
+    let (mut dev, backend, platform) = device();
+    dev.config_write(1, 0, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    assert_eq!(*platform.dma_waits.lock().unwrap(), 0, "no wait without bus mastering");
+    enable_memory(&mut dev);
+    assert_eq!(*platform.dma_waits.lock().unwrap(), 1);
+    assert_eq!(backend.config.lock().unwrap()[4] & 0x4, 0x4);
+    *platform.dma_error.lock().unwrap() = Some("IOMMU full".into());
+    dev.config_write(1, 0, &0u16.to_le_bytes());
+    enable_memory(&mut dev);
+    assert_eq!(backend.config.lock().unwrap()[4] & 0x6, 0x2, "memory on, bus master refused");
+}

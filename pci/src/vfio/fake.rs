@@ -139,6 +139,9 @@ pub struct FakePlatform {
     /// GSIs with an attached irqfd.
     pub irqfds: Mutex<Vec<u32>>,
     pub bars: Mutex<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
+    /// `Some(reason)`: DMA mapping failed.
+    pub dma_error: Mutex<Option<String>>,
+    pub dma_waits: Mutex<u32>,
 }
 
 impl FakePlatform {
@@ -210,5 +213,10 @@ impl VmPlatform for FakePlatform {
 
     fn unregister_bar(&self, base: u64) {
         self.bars.lock().unwrap().remove(&base);
+    }
+
+    fn wait_dma_ready(&self) -> Result<(), String> {
+        *self.dma_waits.lock().unwrap() += 1;
+        self.dma_error.lock().unwrap().clone().map_or(Ok(()), Err)
     }
 }

@@ -138,4 +138,9 @@ pub trait VmPlatform: Send + Sync {
     /// Guest MMIO in `base..base + size` that is not mapped goes to `handler`.
     fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String>;
     fn unregister_bar(&self, base: u64);
+    /// Blocks until guest RAM is DMA-mapped for devices. Called before a device is allowed
+    /// to master the bus, so mapping can run while the guest boots.
+    fn wait_dma_ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

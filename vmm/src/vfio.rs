@@ -17,7 +17,7 @@ use kvm_ioctls::VmFd;
 use pci::bar::BarKind;
 use pci::msix::MsiMessage;
 use pci::vfio::device::discover_bars;
-use pci::vfio::{BarHandler, RealVfio, VfioPciDevice, VmPlatform};
+use pci::vfio::{BarHandler, BarMap, RealVfio, VfioPciDevice, VmPlatform};
 use pci::{BarAllocator, BarRegion, PciBus};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
@@ -138,29 +138,19 @@ pub fn validate_devices(roots: &HostRoots, cfgs: &[DeviceConfig]) -> Result<Vec<
 /// Guest MMIO to the trapped parts of passed-through BARs, registered over the PCI windows.
 #[derive(Default)]
 pub struct BarRouter {
-    bars: RwLock<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
-}
-
-impl BarRouter {
-    fn find(&self, addr: u64) -> Option<(Arc<dyn BarHandler>, u64)> {
-        let bars = self.bars.read().ok()?;
-        let (base, (size, handler)) = bars.range(..=addr).next_back()?;
-        (addr - base < *size).then(|| (handler.clone(), addr - base))
-    }
+    bars: BarMap,
 }
 
 impl DeviceMmio for BarRouter {
     fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
-        // The handler runs without the router lock held: a config write on another vCPU
-        // may be moving BARs.
-        match self.find(base.0 + offset) {
+        match self.bars.find(base.0 + offset) {
             Some((h, off)) => h.read(off, data),
             None => data.fill(0xff),
         }
     }
 
     fn mmio_write(&self, base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
-        if let Some((h, off)) = self.find(base.0 + offset) {
+        if let Some((h, off)) = self.bars.find(base.0 + offset) {
             h.write(off, data);
         }
     }
@@ -303,19 +293,11 @@ impl VmPlatform for KvmPlatform {
     }
 
     fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String> {
-        let mut bars = self.router.bars.write().map_err(|_| "router lock poisoned".to_string())?;
-        let overlaps = bars.range(..base + size).next_back().is_some_and(|(b, (s, _))| b + s > base);
-        if overlaps {
-            return Err(format!("BAR at {base:#x}+{size:#x} overlaps another"));
-        }
-        bars.insert(base, (size, handler));
-        Ok(())
+        self.router.bars.insert(base, size, handler)
     }
 
     fn unregister_bar(&self, base: u64) {
-        if let Ok(mut bars) = self.router.bars.write() {
-            bars.remove(&base);
-        }
+        self.router.bars.remove(base);
     }
 
     fn wait_dma_ready(&self) -> Result<(), String> {

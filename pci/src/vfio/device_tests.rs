@@ -56,11 +56,11 @@ fn bars_map_only_while_decoding_and_msix_pages_trap() {
     slots.sort();
     // BAR0 whole; BAR3 without the table page (0) and the PBA page (0x2000).
     assert_eq!(slots, vec![(BAR0, 0x4000), (BAR3 + 0x1000, 0x1000), (BAR3 + 0x3000, 0x1000)]);
-    assert_eq!(platform.bars.lock().unwrap().keys().copied().collect::<Vec<_>>(), vec![BAR0, BAR3]);
+    assert_eq!(platform.bars.bases(), vec![BAR0, BAR3]);
     // Decode off: everything unmapped.
     dev.config_write(1, 0, &0u16.to_le_bytes());
     assert!(platform.slots.lock().unwrap().is_empty());
-    assert!(platform.bars.lock().unwrap().is_empty());
+    assert!(platform.bars.bases().is_empty());
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn bar_moves_apply_only_with_decode_on() {
     write32(&mut dev, 4, 0xd100_0000);
     let slots: Vec<u64> = platform.slots.lock().unwrap().values().map(|s| s.0).collect();
     assert!(slots.contains(&0xd100_0000) && !slots.contains(&0xd000_0000), "{slots:x?}");
-    assert!(platform.bars.lock().unwrap().contains_key(&0xd100_0000));
+    assert!(platform.bars.bases().contains(&0xd100_0000));
     assert_eq!(dev.mapped_ranges().len(), 3);
 }
 
@@ -184,4 +184,23 @@ fn bus_mastering_waits_for_dma_mapping_and_stays_off_when_it_failed() {
     dev.config_write(1, 0, &0u16.to_le_bytes());
     enable_memory(&mut dev);
     assert_eq!(backend.config.lock().unwrap()[4] & 0x6, 0x2, "memory on, bus master refused");
+}
+
+#[test]
+fn bar_map_refuses_overlaps_and_finds_offsets() {
+    struct Nop;
+    impl BarHandler for Nop {
+        fn read(&self, _: u64, _: &mut [u8]) {}
+        fn write(&self, _: u64, _: &[u8]) {}
+    }
+    let map = crate::vfio::BarMap::default();
+    map.insert(0x1000, 0x1000, Arc::new(Nop)).unwrap();
+    assert!(map.insert(0x1800, 0x1000, Arc::new(Nop)).is_err());
+    assert!(map.insert(0x0800, 0x1000, Arc::new(Nop)).is_err());
+    map.insert(0x2000, 0x1000, Arc::new(Nop)).unwrap();
+    assert_eq!(map.find(0x2010).map(|(_, o)| o), Some(0x10));
+    assert!(map.find(0x3000).is_none());
+    map.remove(0x1000);
+    assert!(map.find(0x1000).is_none());
+    assert!(map.insert(u64::MAX - 1, 0x10, Arc::new(Nop)).is_err());
 }

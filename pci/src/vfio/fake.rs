@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{BarHandler, HostMapping, RegionInfo, VfioBackend, VfioBackendError, VmPlatform, VFIO_PCI_CONFIG_REGION_INDEX};
+use super::{BarHandler, BarMap, HostMapping, RegionInfo, VfioBackend, VfioBackendError, VmPlatform, VFIO_PCI_CONFIG_REGION_INDEX};
 use crate::msix::MsiMessage;
 
 /// A VFIO device: config space bytes, regions, and a log of what the VMM asked.
@@ -138,7 +138,7 @@ pub struct FakePlatform {
     pub routes: Mutex<BTreeMap<u32, MsiMessage>>,
     /// GSIs with an attached irqfd.
     pub irqfds: Mutex<Vec<u32>>,
-    pub bars: Mutex<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
+    pub bars: BarMap,
     /// `Some(reason)`: DMA mapping failed.
     pub dma_error: Mutex<Option<String>>,
     pub dma_waits: Mutex<u32>,
@@ -151,25 +151,11 @@ impl FakePlatform {
 
     /// Routes a guest MMIO access the way the VM would: to a trap if one covers it.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
-        let bars = self.bars.lock().unwrap();
-        match bars.range(..=addr).next_back() {
-            Some((base, (size, h))) if addr < base + size => {
-                h.write(addr - base, data);
-                true
-            }
-            _ => false,
-        }
+        self.bars.find(addr).map(|(h, off)| h.write(off, data)).is_some()
     }
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
-        let bars = self.bars.lock().unwrap();
-        match bars.range(..=addr).next_back() {
-            Some((base, (size, h))) if addr < base + size => {
-                h.read(addr - base, data);
-                true
-            }
-            _ => false,
-        }
+        self.bars.find(addr).map(|(h, off)| h.read(off, data)).is_some()
     }
 }
 
@@ -207,12 +193,11 @@ impl VmPlatform for FakePlatform {
     }
 
     fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String> {
-        self.bars.lock().unwrap().insert(base, (size, handler));
-        Ok(())
+        self.bars.insert(base, size, handler)
     }
 
     fn unregister_bar(&self, base: u64) {
-        self.bars.lock().unwrap().remove(&base);
+        self.bars.remove(base);
     }
 
     fn wait_dma_ready(&self) -> Result<(), String> {

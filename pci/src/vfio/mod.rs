@@ -11,7 +11,8 @@ pub mod device;
 pub mod fake;
 pub mod msix_routing;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -142,5 +143,41 @@ pub trait VmPlatform: Send + Sync {
     /// to master the bus, so mapping can run while the guest boots.
     fn wait_dma_ready(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// Which handler serves guest MMIO at an address: the trapped BARs of passed-through devices.
+#[derive(Default)]
+pub struct BarMap {
+    bars: RwLock<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
+}
+
+impl BarMap {
+    pub fn insert(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String> {
+        let mut bars = self.bars.write().map_err(|_| "BAR map lock poisoned".to_string())?;
+        let end = base.checked_add(size).ok_or_else(|| format!("BAR at {base:#x}+{size:#x} overflows"))?;
+        if bars.range(..end).next_back().is_some_and(|(b, (s, _))| b + s > base) {
+            return Err(format!("BAR at {base:#x}+{size:#x} overlaps another"));
+        }
+        bars.insert(base, (size, handler));
+        Ok(())
+    }
+
+    pub fn remove(&self, base: u64) {
+        if let Ok(mut bars) = self.bars.write() {
+            bars.remove(&base);
+        }
+    }
+
+    /// The handler covering `addr` and the offset into its BAR. The lock is released before
+    /// the caller runs the handler: a config write on another vCPU may be moving BARs.
+    pub fn find(&self, addr: u64) -> Option<(Arc<dyn BarHandler>, u64)> {
+        let bars = self.bars.read().ok()?;
+        let (base, (size, handler)) = bars.range(..=addr).next_back()?;
+        (addr - base < *size).then(|| (handler.clone(), addr - base))
+    }
+
+    pub fn bases(&self) -> Vec<u64> {
+        self.bars.read().map(|b| b.keys().copied().collect()).unwrap_or_default()
     }
 }

@@ -53,7 +53,8 @@ bind_to $VF1 vfio-pci
 # the other stays with its host driver.
 xz -dc "$TESTBED_CACHE"/kernel/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz > /tmp/e1000.ko
 insmod /tmp/e1000.ko
-mapfile -t E1000 < <(grep -l 0x100e /sys/bus/pci/devices/*/device | xargs -n1 dirname | xargs -n1 basename | sort)
+# shellcheck disable=SC2207
+E1000=($(grep -l 0x100e /sys/bus/pci/devices/*/device | xargs -n1 dirname | xargs -n1 basename | sort))
 echo "L1-E1000 ${E1000[*]} group=$(basename "$(readlink "/sys/bus/pci/devices/${E1000[0]}/iommu_group")")"
 bind_to "${E1000[0]}" vfio-pci
 bind_to "${E1000[1]}" e1000

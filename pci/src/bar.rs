@@ -44,7 +44,7 @@ impl BarInfo {
         match self.kind {
             BarKind::Io => BAR_IO,
             BarKind::Mem32 => u32::from(self.prefetchable) * BAR_PREFETCH,
-            BarKind::Mem64 => BAR_MEM_TYPE_64 | u32::from(self.prefetchable) * BAR_PREFETCH,
+            BarKind::Mem64 => BAR_MEM_TYPE_64 | (u32::from(self.prefetchable) * BAR_PREFETCH),
         }
     }
 }

@@ -103,8 +103,8 @@ pub struct MsixState {
 /// aligned 4- or 8-byte access; MSI-X allows nothing else.
 fn dword_access(offset: u64, len: usize) -> Option<(u64, usize)> {
     match len {
-        4 if offset % 4 == 0 => Some((offset / 4, 1)),
-        8 if offset % 8 == 0 => Some((offset / 4, 2)),
+        4 if offset.is_multiple_of(4) => Some((offset / 4, 1)),
+        8 if offset.is_multiple_of(8) => Some((offset / 4, 2)),
         _ => None,
     }
 }
@@ -215,7 +215,7 @@ impl MsixState {
         for i in 0..count {
             let dword_index = (first + i as u64) as usize;
             let qword = self.pending.get(dword_index / 2).copied().unwrap_or(0);
-            let value = if dword_index % 2 == 0 { qword as u32 } else { (qword >> 32) as u32 };
+            let value = if dword_index.is_multiple_of(2) { qword as u32 } else { (qword >> 32) as u32 };
             data[i * 4..i * 4 + 4].copy_from_slice(&value.to_le_bytes());
         }
     }

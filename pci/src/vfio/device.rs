@@ -384,8 +384,9 @@ impl PciDevice for VfioPciDevice {
 
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) {
         if BarShadow::is_bar_register(reg) {
-            if let (0, Some((value, _, _))) = (offset, merge_bytes(offset, data).filter(|_| data.len() == 4)) {
-                if let Some((bar, _)) = self.bars.write(reg, value) {
+            // BARs are programmed with whole dwords; narrower writes are ignored.
+            if let (0, &[a, b, c, d]) = (offset, data) {
+                if let Some((bar, _)) = self.bars.write(reg, u32::from_le_bytes([a, b, c, d])) {
                     if self.decode {
                         if let Some(i) = self.mappings.iter().position(|m| m.info.index == bar.index) {
                             self.map_bar(i);

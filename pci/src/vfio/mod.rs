@@ -146,10 +146,13 @@ pub trait VmPlatform: Send + Sync {
     }
 }
 
+/// BAR base → (size, handler).
+type BarTable = BTreeMap<u64, (u64, Arc<dyn BarHandler>)>;
+
 /// Which handler serves guest MMIO at an address: the trapped BARs of passed-through devices.
 #[derive(Default)]
 pub struct BarMap {
-    bars: RwLock<BTreeMap<u64, (u64, Arc<dyn BarHandler>)>>,
+    bars: RwLock<BarTable>,
 }
 
 impl BarMap {

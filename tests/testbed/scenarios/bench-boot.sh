@@ -3,6 +3,8 @@
 # kernel, initramfs, 256 MiB, 1 vCPU, rounds alternating the two VMMs:
 #   BOOT    process start -> L2 /init (L2-INIT-START), no device
 #   BOOTVF  the same with VF0 passed through
+#   BOOTELF process start -> L2 /init booting the ELF vmlinux cut from the same bzImage
+#           (vfvmm: 64-bit entry; QEMU: PVH entry), i.e. without in-guest decompression
 #   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
 set -uo pipefail
@@ -31,6 +33,15 @@ for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "boot-qemu-$round" 300 -- $(qemu_cmd) -append "$APPEND l2.action=poweroff" || true
     echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+done
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    # shellcheck disable=SC2046
+    run_vmm "elf-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|") --cmdline "$APPEND l2.action=poweroff" || true
+    echo "BOOTELF vfvmm $round $(marker_ms "elf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    # shellcheck disable=SC2046
+    run_vmm "elf-qemu-$round" 300 -- $(qemu_cmd | sed "s|vmlinuz|vmlinux|") -append "$APPEND l2.action=poweroff" || true
+    echo "BOOTELF qemu $round $(marker_ms "elf-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
 done
 
 vf_setup "$VF0"

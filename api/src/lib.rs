@@ -1,4 +1,12 @@
-//! REST API on a unix socket (Cloud Hypervisor-compatible routes and bodies).
+//! vfvmm's REST API (Cloud Hypervisor-compatible routes and bodies): HTTP framing and typed
+//! requests. See `CH_COMPAT.md` for what `ch-remote` sends and accepts.
 //!
-//! Empty until the API issue lands: `--api-socket` is parsed and validated by `vmm::config`
-//! and rejected at start-up with "not implemented yet".
+//! Work in progress for the API issue: requests are parsed, validated and routed here; the
+//! socket server, the VMM-thread handlers and `vfctl` come next. `--api-socket` is still
+//! refused at start-up.
+
+pub mod http;
+pub mod request;
+
+pub use http::{parse_request, HttpError, HttpRequest, Response};
+pub use request::{route, AddDevice, ApiError, ApiRequest};

@@ -1,0 +1,145 @@
+//! Routes (`/api/v1/...`) and typed request bodies. Unknown fields are rejected, except the
+//! ones `ch-remote` always sends with their default values (see CH_COMPAT.md).
+
+use serde::Deserialize;
+
+use crate::http::HttpRequest;
+
+pub const API_PREFIX: &str = "/api/v1/";
+
+/// Every route served, `(method, endpoint)`; the OpenAPI file must list exactly these.
+pub const ROUTES: [(&str, &str); 8] = [
+    ("GET", "vmm.ping"),
+    ("PUT", "vmm.shutdown"),
+    ("GET", "vm.info"),
+    ("PUT", "vm.add-device"),
+    ("PUT", "vm.remove-device"),
+    ("PUT", "vm.pause"),
+    ("PUT", "vm.resume"),
+    ("PUT", "vm.shutdown"),
+];
+
+/// `vm.add-device`. Cloud Hypervisor's extra fields are accepted at their defaults only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDevice {
+    pub path: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    iommu: Option<bool>,
+    #[serde(default)]
+    pci_segment: Option<u16>,
+    #[serde(default)]
+    x_exclude_mmap_bars: Option<Vec<u64>>,
+    #[serde(default)]
+    x_nv_gpudirect_clique: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveDeviceBody {
+    id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    VmmPing,
+    VmmShutdown,
+    VmInfo,
+    VmAddDevice(AddDevice),
+    VmRemoveDevice { id: String },
+    VmPause,
+    VmResume,
+    VmShutdown,
+}
+
+/// A request the API refuses, with its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError { status: 400, message: message.into() }
+}
+
+fn json_body<'a, T: Deserialize<'a>>(endpoint: &str, body: &'a [u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(bad(format!("{endpoint}: a JSON body is required")));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| bad(format!("{endpoint}: the body is not UTF-8")))?;
+    serde_json::from_str(text).map_err(|e| bad(format!("{endpoint}: invalid body: {e}")))
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl AddDevice {
+    fn validate(mut self) -> Result<Self, ApiError> {
+        if self.iommu == Some(true) {
+            return Err(bad("vm.add-device: iommu=on is not supported"));
+        }
+        if self.pci_segment.is_some_and(|s| s != 0) {
+            return Err(bad("vm.add-device: only PCI segment 0 exists"));
+        }
+        if self.x_exclude_mmap_bars.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(bad("vm.add-device: x_exclude_mmap_bars is not supported"));
+        }
+        if self.x_nv_gpudirect_clique.is_some() {
+            return Err(bad("vm.add-device: x_nv_gpudirect_clique is not supported"));
+        }
+        if let Some(id) = &self.id {
+            if !valid_id(id) {
+                return Err(bad(format!("vm.add-device: id '{id}' must be 1-64 characters of [A-Za-z0-9_-]")));
+            }
+        }
+        // ch-remote sends the path as typed, often with a trailing slash.
+        let trimmed = self.path.trim_end_matches('/');
+        if !trimmed.starts_with("/sys/bus/pci/devices/") || trimmed.len() <= "/sys/bus/pci/devices/".len() {
+            return Err(bad(format!("vm.add-device: path '{}' is not under /sys/bus/pci/devices/", self.path)));
+        }
+        self.path = trimmed.to_string();
+        Ok(self)
+    }
+}
+
+/// Maps an HTTP request to an API request: 404 unknown path, 405 wrong method, 400 bad body.
+pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
+    let endpoint = req
+        .path
+        .strip_prefix(API_PREFIX)
+        .filter(|e| ROUTES.iter().any(|(_, r)| r == e))
+        .ok_or_else(|| ApiError { status: 404, message: format!("no such endpoint: {}", req.path) })?;
+    if !ROUTES.iter().any(|(m, r)| *r == endpoint && *m == req.method) {
+        return Err(ApiError { status: 405, message: format!("{endpoint} does not take {}", req.method) });
+    }
+    let no_body = |r: ApiRequest| {
+        if req.body.is_empty() {
+            Ok(r)
+        } else {
+            Err(bad(format!("{endpoint} takes no body")))
+        }
+    };
+    match endpoint {
+        "vmm.ping" => no_body(ApiRequest::VmmPing),
+        "vmm.shutdown" => no_body(ApiRequest::VmmShutdown),
+        "vm.info" => no_body(ApiRequest::VmInfo),
+        "vm.pause" => no_body(ApiRequest::VmPause),
+        "vm.resume" => no_body(ApiRequest::VmResume),
+        "vm.shutdown" => no_body(ApiRequest::VmShutdown),
+        "vm.add-device" => Ok(ApiRequest::VmAddDevice(json_body::<AddDevice>(endpoint, &req.body)?.validate()?)),
+        "vm.remove-device" => {
+            let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;
+            Ok(ApiRequest::VmRemoveDevice { id: body.id })
+        }
+        _ => Err(ApiError { status: 404, message: format!("no such endpoint: {}", req.path) }),
+    }
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

@@ -5,8 +5,11 @@
 //! socket server, the VMM-thread handlers and `vfctl` come next. `--api-socket` is still
 //! refused at start-up.
 
+pub mod client;
 pub mod http;
 pub mod request;
+pub mod server;
 
 pub use http::{parse_request, HttpError, HttpRequest, Response};
 pub use request::{route, AddDevice, ApiError, ApiRequest};
+pub use server::{ApiMessage, ApiReceiver, ApiServer, ApiServerError};

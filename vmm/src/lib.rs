@@ -1,5 +1,6 @@
 //! vfvmm's VMM core: configuration, VM lifecycle, vCPU threads, the event loop and devices.
 
+pub mod api_handler;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
@@ -7,6 +8,7 @@ pub mod event_loop;
 pub mod exit_counters;
 pub mod memory;
 pub mod vcpu;
+pub mod vcpu_set;
 pub mod vfio;
 pub mod vm;
 
@@ -40,14 +42,14 @@ pub enum VmmError {
     EventLoop(std::io::Error),
     #[error(transparent)]
     Vfio(#[from] vfio::VfioError),
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
+    #[error(transparent)]
+    Api(#[from] api::ApiServerError),
 }
 
 impl GuestExit {
     pub fn exit_code(&self) -> i32 {
         match self {
-            GuestExit::PowerOff => exit_code::POWER_OFF,
+            GuestExit::PowerOff | GuestExit::VmmShutdown => exit_code::POWER_OFF,
             GuestExit::Reset => exit_code::GUEST_RESET,
             GuestExit::Failed(_) => exit_code::ERROR,
             GuestExit::Terminated(signal) => 128 + signal,
@@ -71,23 +73,40 @@ pub fn process_age_ms() -> u64 {
     }
 }
 
+/// Starts the API thread on a socket bound earlier; the server removes the socket when dropped.
+fn start_api(
+    listener: Option<std::os::unix::net::UnixListener>,
+    config: &VmConfig,
+) -> Result<(Option<api::ApiServer>, Option<api::ApiReceiver>), VmmError> {
+    match (listener, config.api_socket.as_deref()) {
+        (Some(l), Some(path)) => {
+            let (server, rx) = api::server::start(l, path)?;
+            Ok((Some(server), Some(rx)))
+        }
+        _ => Ok((None, None)),
+    }
+}
+
 /// Boots a Linux guest and runs it to completion.
 pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
-    if config.api_socket.is_some() {
-        return Err(VmmError::NotImplemented("--api-socket (REST API)"));
-    }
-    // Devices are checked before anything is created: a bad one leaves everything as it was.
+    // Devices and the API socket are checked before anything is created: bad input leaves
+    // everything as it was.
     let host_devices = vfio::validate_devices(&vfio::HostRoots::default(), &config.devices)?;
+    let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
     let mut vm = vm::Vm::new(config)?;
     vm.attach_vfio_devices(host_devices)?;
     let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;
-    vm.run(entry)
+    // The server lives until the VM is gone; dropping it removes the socket file.
+    let (_server, receiver) = start_api(listener, config)?;
+    vm.run(entry, receiver)
 }
 
 /// Runs a flat 16-bit real-mode payload loaded at `load_address` (used to test the VMM core
 /// with hand-assembled guests).
 pub fn run_flat(code: &[u8], load_address: u64, config: &VmConfig) -> Result<GuestExit, VmmError> {
+    let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
     let vm = vm::Vm::new(config)?;
     let entry = boot::load_flat(&vm.memory, code, load_address)?;
-    vm.run(entry)
+    let (_server, receiver) = start_api(listener, config)?;
+    vm.run(entry, receiver)
 }

@@ -5,7 +5,7 @@
 //! the VMM thread asks it to (a stop flag plus a signal that interrupts KVM_RUN).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub enum GuestExit {
     Reset,
     /// The VM cannot continue.
     Failed(String),
+    /// `vmm.shutdown` through the API.
+    VmmShutdown,
     /// vfvmm received this termination signal (SIGTERM, SIGINT, SIGHUP).
     Terminated(i32),
 }
@@ -82,6 +84,51 @@ pub struct VcpuShared {
     pub stop: AtomicBool,
     /// PCI MMIO windows, for the exit counters.
     pub pci_windows: Vec<(u64, u64)>,
+    pub pause: PauseGate,
+}
+
+/// Parks vCPU threads between KVM_RUNs while a pause is requested.
+#[derive(Default)]
+pub struct PauseGate {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
+impl PauseGate {
+    /// Called by a vCPU thread between runs: waits while paused (or until `stop`).
+    fn park_if_requested(&self, stop: &AtomicBool) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if !s.requested {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.requested && !stop.load(Ordering::Acquire) {
+            s = match self.changed.wait_timeout(s, Duration::from_millis(100)) {
+                Ok((guard, _)) => guard,
+                Err(_) => return,
+            };
+        }
+        s.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    pub fn set_requested(&self, requested: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.requested = requested;
+        }
+        self.changed.notify_all();
+    }
+
+    pub fn parked(&self) -> usize {
+        self.state.lock().map(|s| s.parked).unwrap_or(0)
+    }
 }
 
 /// The kick signal only needs to interrupt KVM_RUN; the handler does nothing.
@@ -213,6 +260,10 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
 fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
     let mut counters = ExitCounters::default();
     while !shared.stop.load(Ordering::Acquire) {
+        shared.pause.park_if_requested(&shared.stop);
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
         match vcpu.run() {
             Ok(exit) => {
                 if let Next::Stop = handle_exit(id, exit, &shared, &mut counters) {
@@ -236,6 +287,15 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// Interrupts KVM_RUN once (the thread then looks at its stop and pause flags).
+    pub fn kick(&self) {
+        if !self.thread.is_finished() {
+            if let Err(e) = self.thread.kill(kick_signal()) {
+                log::warn!("vcpu{}: cannot kick: {e}", self.id);
+            }
+        }
+    }
+
     pub fn spawn(id: u8, vcpu: VcpuFd, shared: Arc<VcpuShared>) -> Result<Self, VcpuError> {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))

@@ -17,6 +17,9 @@ use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher, TerminationSignals};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
 use crate::vfio::{HostDevice, KvmPlatform, VfioManager};
+use crate::api_handler::{ApiHandler, DeviceSummary};
+use crate::vcpu_set::VcpuSet;
+use api::ApiReceiver;
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
 use crate::VmmError;
 
@@ -97,6 +100,32 @@ impl Vm {
         Ok(())
     }
 
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cpus": { "boot_vcpus": self.config.cpus },
+            "memory": { "size": self.config.memory },
+            "devices": self.config.devices.iter().map(|d| serde_json::json!({
+                "path": d.path.display().to_string(), "id": d.id })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn device_summaries(&self) -> Vec<DeviceSummary> {
+        self.vfio
+            .as_ref()
+            .map(|v| {
+                v.devices
+                    .iter()
+                    .map(|d| DeviceSummary {
+                        id: d.host.id.clone(),
+                        path: d.host.path.display().to_string(),
+                        bdf: d.guest_bdf(),
+                        state: "Attached",
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The PCI MMIO windows (32-bit, and 64-bit when it fits).
     pub fn pci_windows(&self) -> Vec<(u64, u64)> {
         arch::layout::pci_windows(self.config.memory, self.phys_bits)
@@ -112,7 +141,8 @@ impl Vm {
     }
 
     /// Starts the vCPUs at `entry` and runs the event loop until the guest exits.
-    pub fn run(mut self, entry: EntryPoint) -> Result<GuestExit, VmmError> {
+    /// `api`: requests from the API server, served on this thread.
+    pub fn run(mut self, entry: EntryPoint, api: Option<ApiReceiver>) -> Result<GuestExit, VmmError> {
         install_kick_handler()?;
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventLoop)?);
         let shared = Arc::new(VcpuShared {
@@ -120,6 +150,7 @@ impl Vm {
             exit: exit.clone(),
             stop: AtomicBool::new(false),
             pci_windows: self.pci_windows(),
+            pause: Default::default(),
         });
 
         let mut vcpus = Vec::with_capacity(usize::from(self.config.cpus));
@@ -158,6 +189,11 @@ impl Vm {
                 }
             }
         }
+        let vcpu_set = Arc::new(VcpuSet::new(shared.clone(), handles));
+        if let Some(rx) = api {
+            let handler = ApiHandler::new(rx, vcpu_set.clone(), exit.clone(), self.config_json(), self.device_summaries());
+            manager.add_subscriber(Arc::new(Mutex::new(handler)));
+        }
 
         while !done.load(Ordering::Acquire) {
             if let Err(e) = manager.run() {
@@ -166,12 +202,8 @@ impl Vm {
             }
         }
 
-        shared.stop.store(true, Ordering::Release);
-        for handle in handles {
-            let id = handle.id;
-            if let Some(c) = handle.stop() {
-                log::info!("vcpu{id} exits: {}", c.summary());
-            }
+        for (id, c) in vcpu_set.stop() {
+            log::info!("vcpu{id} exits: {}", c.summary());
         }
         // Devices go after the vCPUs, on this (the VMM) thread.
         if let Some(mut vfio) = self.vfio.take() {

@@ -1,0 +1,98 @@
+//! Serves API requests on the VMM thread (the API thread only parses and forwards).
+
+use std::sync::Arc;
+
+use api::{ApiReceiver, ApiRequest, Response};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde_json::json;
+
+use crate::vcpu::{ExitSignal, GuestExit};
+use crate::vcpu_set::{RunState, VcpuSet, VcpuSetError};
+
+/// What `vm.info` reports of one device.
+#[derive(Debug, Clone)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub path: String,
+    pub bdf: String,
+    pub state: &'static str,
+}
+
+pub struct ApiHandler {
+    rx: ApiReceiver,
+    vcpus: Arc<VcpuSet>,
+    exit: Arc<ExitSignal>,
+    config: serde_json::Value,
+    devices: Vec<DeviceSummary>,
+}
+
+impl ApiHandler {
+    pub fn new(
+        rx: ApiReceiver,
+        vcpus: Arc<VcpuSet>,
+        exit: Arc<ExitSignal>,
+        config: serde_json::Value,
+        devices: Vec<DeviceSummary>,
+    ) -> Self {
+        Self { rx, vcpus, exit, config, devices }
+    }
+
+    fn wrong_state(e: VcpuSetError) -> Response {
+        Response::error(405, &e.to_string())
+    }
+
+    pub fn handle(&mut self, request: ApiRequest) -> Response {
+        match request {
+            ApiRequest::VmmPing => Response::json(
+                200,
+                json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() }).to_string(),
+            ),
+            ApiRequest::VmInfo => {
+                let state = match self.vcpus.state() {
+                    RunState::Running => "Running",
+                    RunState::Paused => "Paused",
+                };
+                let devices: Vec<_> = self
+                    .devices
+                    .iter()
+                    .map(|d| json!({ "id": d.id, "path": d.path, "bdf": d.bdf, "state": d.state }))
+                    .collect();
+                Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
+            }
+            ApiRequest::VmPause => match self.vcpus.pause() {
+                Ok(()) => Response::no_content(),
+                Err(e @ VcpuSetError::PauseTimeout { .. }) => Response::error(500, &e.to_string()),
+                Err(e) => Self::wrong_state(e),
+            },
+            ApiRequest::VmResume => match self.vcpus.resume() {
+                Ok(()) => Response::no_content(),
+                Err(e) => Self::wrong_state(e),
+            },
+            ApiRequest::VmmShutdown => {
+                self.exit.raise(GuestExit::VmmShutdown);
+                Response::no_content()
+            }
+            ApiRequest::VmShutdown => Response::error(501, "vm.shutdown (ACPI power button) is not implemented yet"),
+            ApiRequest::VmAddDevice(_) | ApiRequest::VmRemoveDevice { .. } => {
+                Response::error(501, "device hotplug is not implemented yet; pass devices with --device")
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ApiHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.rx.wake, EventSet::IN)) {
+            log::error!("cannot watch the API: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.rx.wake.read();
+        while let Ok(message) = self.rx.requests.try_recv() {
+            let response = self.handle(message.request);
+            // The client may have gone away; nothing to do then.
+            let _ = message.reply.send(response);
+        }
+    }
+}

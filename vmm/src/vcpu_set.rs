@@ -1,0 +1,92 @@
+//! The running vCPU threads as one unit the VMM thread can pause, resume and stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::exit_counters::ExitCounters;
+use crate::vcpu::{VcpuHandle, VcpuShared};
+
+/// How long pause waits for every vCPU to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VcpuSetError {
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    #[error("the VM is not paused")]
+    NotPaused,
+    #[error("{parked} of {total} vCPUs stopped within the pause timeout")]
+    PauseTimeout { parked: usize, total: usize },
+}
+
+pub struct VcpuSet {
+    shared: Arc<VcpuShared>,
+    handles: Mutex<Vec<VcpuHandle>>,
+    state: Mutex<RunState>,
+}
+
+impl VcpuSet {
+    pub fn new(shared: Arc<VcpuShared>, handles: Vec<VcpuHandle>) -> Self {
+        Self { shared, handles: Mutex::new(handles), state: Mutex::new(RunState::Running) }
+    }
+
+    pub fn state(&self) -> RunState {
+        self.state.lock().map(|s| *s).unwrap_or(RunState::Running)
+    }
+
+    /// Kicks every vCPU out of KVM_RUN; returns how many there are.
+    fn kick_all(&self) -> usize {
+        let Ok(handles) = self.handles.lock() else { return 0 };
+        handles.iter().for_each(VcpuHandle::kick);
+        handles.len()
+    }
+
+    /// Stops every vCPU between two KVM_RUNs; returns once all are parked.
+    pub fn pause(&self) -> Result<(), VcpuSetError> {
+        let mut state = self.state.lock().map_err(|_| VcpuSetError::NotPaused)?;
+        if *state == RunState::Paused {
+            return Err(VcpuSetError::AlreadyPaused);
+        }
+        self.shared.pause.set_requested(true);
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            let total = self.kick_all();
+            let parked = self.shared.pause.parked();
+            if parked >= total {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.shared.pause.set_requested(false);
+                return Err(VcpuSetError::PauseTimeout { parked, total });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        *state = RunState::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), VcpuSetError> {
+        let mut state = self.state.lock().map_err(|_| VcpuSetError::NotPaused)?;
+        if *state != RunState::Paused {
+            return Err(VcpuSetError::NotPaused);
+        }
+        self.shared.pause.set_requested(false);
+        *state = RunState::Running;
+        Ok(())
+    }
+
+    /// Stops and joins every vCPU thread; returns their exit counters.
+    pub fn stop(&self) -> Vec<(u8, ExitCounters)> {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.pause.set_requested(false);
+        let handles = self.handles.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        handles.into_iter().filter_map(|h| { let id = h.id; h.stop().map(|c| (id, c)) }).collect()
+    }
+}

@@ -10,7 +10,7 @@ TESTBED_THREADS ?= 1
 all: build
 
 build:
-	$(CARGO) build --release --bin vfvmm
+	$(CARGO) build --release --workspace --bins
 
 # Host packages the unit tests use (iasl checks the DSDT); build.sh installs the testbed's.
 deps:

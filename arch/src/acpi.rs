@@ -36,6 +36,8 @@ pub struct AcpiConfig {
     pub cpu_count: u8,
     pub pci_mmio32: (u64, u64),
     pub pci_mmio64: Option<(u64, u64)>,
+    /// Describe the PCI hotplug slots, the GED and the power button.
+    pub hotplug: bool,
 }
 
 /// The DSDT, with `pci_children` added inside `\_SB.PCI0`.
@@ -77,6 +79,10 @@ pub fn dsdt(cfg: &AcpiConfig, pci_children: &[&dyn Aml]) -> Vec<u8> {
     let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
     let crs = aml::Name::new("_CRS".into(), &pci_crs);
     let mut pci0_children: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs];
+    let hotplug = cfg.hotplug.then(crate::acpi_hotplug::pci_hotplug_aml);
+    if let Some(h) = &hotplug {
+        pci0_children.push(h);
+    }
     pci0_children.extend_from_slice(pci_children);
     let pci0 = aml::Device::new("_SB_.PCI0".into(), pci0_children);
 
@@ -103,6 +109,9 @@ pub fn dsdt(cfg: &AcpiConfig, pci_children: &[&dyn Aml]) -> Vec<u8> {
     pci0.to_aml_bytes(&mut body);
     mbrs.to_aml_bytes(&mut body);
     com1.to_aml_bytes(&mut body);
+    if cfg.hotplug {
+        crate::acpi_hotplug::ged_aml().to_aml_bytes(&mut body);
+    }
     s5.to_aml_bytes(&mut body);
 
     let mut table = acpi_tables::sdt::Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -213,6 +222,7 @@ mod tests {
             cpu_count: 2,
             pci_mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
             pci_mmio64: Some((64 << 30, 64 << 30)),
+            hotplug: true,
         }
     }
 
@@ -334,6 +344,9 @@ mod tests {
                 assert!(dsl.contains("PNP0A08"), "{dsl}");
                 assert!(dsl.contains("PNP0501"), "{dsl}");
                 assert!(dsl.contains("Name (_S5,"), "{dsl}");
+                for needle in ["ACPI0013", "Method (_EVT, 1, Serialized)", "Device (SL1F)", "Method (_EJ0, 1", "PCNT ()", "Notify (SL05, 0x03)", "Notify (\\_SB.PWRB, 0x80)", "B0EJ = (One << Arg0)"] {
+                    assert!(dsl.contains(needle), "DSDT lacks {needle}:\n{dsl}");
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,6 +2,7 @@
 //! LAPIC and ACPI tables. Pure functions over guest memory and KVM structures; no ioctls.
 
 pub mod acpi;
+pub mod acpi_hotplug;
 pub mod boot_params;
 pub mod cpuid;
 pub mod lapic;

@@ -109,3 +109,30 @@ fn a_non_viable_iommu_group_is_refused_and_left_alone() {
     assert!(run.log("bad-group").is_empty());
     assert_eq!(run.file("bad-group.drivers").trim(), "vfio-pci e1000");
 }
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vfctl_info_shows_the_vf_attached_pause_resume_and_shutdown_vmm() {
+    let run = suite();
+    assert_vf_works_until_ping(run, "vf-api");
+    let info: serde_json::Value = serde_json::from_str(&run.file("vf-api.info")).unwrap_or_else(|e| {
+        panic!("vf-api.info is not JSON ({e}): {:?}\nstderr: {}", run.file("vf-api.info"), run.stderr("vf-api"))
+    });
+    assert_eq!(info["state"], "Running");
+    let dev = &info["devices"][0];
+    assert_eq!((dev["id"].as_str(), dev["bdf"].as_str(), dev["state"].as_str()), (Some("vf0"), Some("0000:00:01.0"), Some("Attached")), "{info}");
+    assert!(dev["path"].as_str().unwrap_or_default().ends_with("0000:01:10.0"), "{info}");
+    assert!(run.file("vf-api.info-human").contains("device vf0: "), "{}", run.file("vf-api.info-human"));
+    let pause = run.file("vf-api.pause");
+    assert_eq!(pause, "ok\nvfctl: error: the VM is already paused (405)\nrc=1\nok\n");
+    assert_eq!(run.file("vf-api.shutdown"), "ok\n");
+    assert_eq!(run.rc("vf-api"), Some(0), "vmm.shutdown exits 0; stderr: {}", run.stderr("vf-api"));
+    assert_eq!(run.file("vf-api.socket").trim(), "removed");
+}
+
+/// The part of [`assert_vf_works`] that holds for a guest that stays up.
+fn assert_vf_works_until_ping(run: &SuiteRun, name: &str) {
+    let markers = run.markers(name);
+    assert!(markers.iter().any(|m| m == "L2-VF-BOUND 0000:00:01.0 driver=igbvf"), "{markers:#?}");
+    assert!(markers.iter().any(|m| m == "L2-PING sent=3 received=3"), "{markers:#?}");
+}

@@ -1,21 +1,36 @@
 //! Serves API requests on the VMM thread (the API thread only parses and forwards).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use api::{ApiReceiver, ApiRequest, Response};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::json;
 
+use pci::vfio::VfioPciDevice;
+
+use crate::attachment::AttachState;
 use crate::vcpu::{ExitSignal, GuestExit};
 use crate::vcpu_set::{RunState, VcpuSet, VcpuSetError};
 
-/// What `vm.info` reports of one device.
-#[derive(Debug, Clone)]
+/// What `vm.info` reports of one device; its state is read live from the device.
+#[derive(Clone)]
 pub struct DeviceSummary {
     pub id: String,
     pub path: String,
     pub bdf: String,
-    pub state: &'static str,
+    pub device: Arc<Mutex<VfioPciDevice>>,
+}
+
+impl DeviceSummary {
+    /// Attaching until the guest enables the function, then Attached.
+    fn state(&self) -> AttachState {
+        let enabled = self.device.lock().map(|d| d.guest_enabled()).unwrap_or(false);
+        if enabled {
+            AttachState::Attached
+        } else {
+            AttachState::Attaching
+        }
+    }
 }
 
 pub struct ApiHandler {
@@ -55,7 +70,7 @@ impl ApiHandler {
                 let devices: Vec<_> = self
                     .devices
                     .iter()
-                    .map(|d| json!({ "id": d.id, "path": d.path, "bdf": d.bdf, "state": d.state }))
+                    .map(|d| json!({ "id": d.id, "path": d.path, "bdf": d.bdf, "state": d.state().to_string() }))
                     .collect();
                 Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
             }

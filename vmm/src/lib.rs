@@ -1,6 +1,7 @@
 //! vfvmm's VMM core: configuration, VM lifecycle, vCPU threads, the event loop and devices.
 
 pub mod api_handler;
+pub mod attachment;
 pub mod boot;
 pub mod config;
 pub mod device_manager;

@@ -119,7 +119,7 @@ impl Vm {
                         id: d.host.id.clone(),
                         path: d.host.path.display().to_string(),
                         bdf: d.guest_bdf(),
-                        state: "Attached",
+                        device: d.device.clone(),
                     })
                     .collect()
             })
@@ -137,6 +137,8 @@ impl Vm {
             cpu_count: self.config.cpus,
             pci_mmio32: (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE),
             pci_mmio64: arch::layout::pci_mmio64_window(self.config.memory, self.phys_bits),
+            // The hotplug controller is not wired yet: do not announce slots nobody serves.
+            hotplug: false,
         }
     }
 

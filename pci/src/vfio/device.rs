@@ -257,6 +257,13 @@ impl VfioPciDevice {
         })
     }
 
+    /// Whether the guest has enabled the function (memory decoding, MSI-X or MSI).
+    pub fn guest_enabled(&self) -> bool {
+        self.decode
+            || self.msix.as_ref().is_some_and(|(_, r)| r.lock().is_ok_and(|r| r.state.enabled()))
+            || self.msi.as_ref().is_some_and(|(_, r)| r.state.enabled())
+    }
+
     /// Trapped accesses forwarded to the device, per BAR index (excludes MSI-X emulation).
     pub fn forwarded_accesses(&self) -> Vec<(usize, u64)> {
         self.mappings.iter().map(|m| (m.info.index, m.trapped.forwarded.load(Ordering::Relaxed))).collect()

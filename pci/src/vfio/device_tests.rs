@@ -50,10 +50,12 @@ fn bars_are_discovered_and_shadowed() {
 #[test]
 fn bars_map_only_while_decoding_and_msix_pages_trap() {
     let (mut dev, _, platform) = device();
+    assert!(!dev.guest_enabled());
     assert!(platform.slots.lock().unwrap().is_empty(), "nothing mapped before decode is on");
     enable_memory(&mut dev);
     let mut slots: Vec<(u64, u64)> = platform.slots.lock().unwrap().values().copied().collect();
     slots.sort();
+    assert!(dev.guest_enabled());
     // BAR0 whole; BAR3 without the table page (0) and the PBA page (0x2000).
     assert_eq!(slots, vec![(BAR0, 0x4000), (BAR3 + 0x1000, 0x1000), (BAR3 + 0x3000, 0x1000)]);
     assert_eq!(platform.bars.bases(), vec![BAR0, BAR3]);

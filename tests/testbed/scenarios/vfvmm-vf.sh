@@ -16,13 +16,14 @@ VF0=0000:01:10.0
 VF1=0000:01:10.2
 CMDLINE="console=ttyS0 panic=-1 quiet"
 
-vf_vm() {  # vf_vm NAME VF IP [extra vfvmm args...]
-    local name=$1 vf=$2 ip=$3
+vf_vm() {  # vf_vm NAME VF IP [extra vfvmm args...]; with --api-socket the guest stays up
+    local name=$1 vf=$2 ip=$3 action=poweroff
     shift 3
+    [[ " $* " == *" --api-socket "* ]] && action=shell
     RUST_LOG=info vmm_start "$name" 400 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
         --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M \
         --device "path=/sys/bus/pci/devices/$vf,id=vf0" "$@" \
-        --cmdline "$CMDLINE l2.vf=1 l2.ip=$ip l2.action=poweroff"
+        --cmdline "$CMDLINE l2.vf=1 l2.ip=$ip l2.action=$action"
 }
 
 vf_setup $VF0 $VF1
@@ -31,6 +32,20 @@ vf_vm vf-boot $VF0 192.0.2.10
 vmm_wait vf-boot
 vf_vm vf-reuse $VF0 192.0.2.10
 vmm_wait vf-reuse
+
+# The API with a VF attached at boot: info shows it Attached; pause/resume; shutdown-vmm.
+VFCTL=$(dirname "$VFVMM")/vfctl
+SOCK=/tmp/vfvmm-api.sock
+vf_vm vf-api $VF0 192.0.2.10 --api-socket "path=$SOCK"
+if wait_for_marker vf-api "L2-PING " 300; then
+    "$VFCTL" --api-socket "$SOCK" --json info > "$RESULTS/vf-api.info" 2>&1
+    "$VFCTL" --api-socket "$SOCK" info > "$RESULTS/vf-api.info-human" 2>&1
+    { "$VFCTL" --api-socket "$SOCK" pause; "$VFCTL" --api-socket "$SOCK" pause; echo "rc=$?"
+      "$VFCTL" --api-socket "$SOCK" resume; } > "$RESULTS/vf-api.pause" 2>&1
+    "$VFCTL" --api-socket "$SOCK" shutdown-vmm > "$RESULTS/vf-api.shutdown" 2>&1
+fi
+vmm_wait vf-api
+[[ -e $SOCK ]] && echo present > "$RESULTS/vf-api.socket" || echo removed > "$RESULTS/vf-api.socket"
 
 # Bad input. VF1 goes to its host driver first, to be refused and left alone.
 xz -dc "$TESTBED_CACHE"/kernel/lib/modules/*/kernel/drivers/net/ethernet/intel/igbvf/igbvf.ko.xz > /tmp/igbvf.ko

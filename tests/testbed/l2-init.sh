@@ -40,6 +40,7 @@ action=poweroff
 vf=0
 ip=192.0.2.2
 pings=3
+hotplug=0
 for arg in $(cat /proc/cmdline); do
     case $arg in
         l2.input=*) input=${arg#*=} ;;
@@ -47,6 +48,7 @@ for arg in $(cat /proc/cmdline); do
         l2.vf=*) vf=${arg#*=} ;;
         l2.ip=*) ip=${arg#*=} ;;
         l2.pings=*) pings=${arg#*=} ;;
+        l2.hotplug=*) hotplug=${arg#*=} ;;
     esac
 done
 
@@ -93,6 +95,37 @@ if [ "$input" = 1 ]; then
     else
         echo "L2-INPUT-TIMEOUT"
     fi
+fi
+
+# l2.hotplug=N: N rounds of "a VF appears (hot-attach) -> ping the PF -> it goes (hot-detach)".
+vf_netdev() {
+    for n in /sys/bus/pci/drivers/igbvf/0000:*/net/*; do [ -e "$n" ] && { echo "${n##*/}"; return; }; done
+}
+if [ "$hotplug" -gt 0 ]; then
+    insmod /lib/modules/igbvf.ko 2>&1 | sed 's/^/L2-INSMOD /'
+    echo "L2-READY-FOR-HOTPLUG"
+    round=1
+    while [ "$round" -le "$hotplug" ]; do
+        i=0
+        while [ -z "$(vf_netdev)" ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+        ifname=$(vf_netdev)
+        if [ -z "$ifname" ]; then echo "L2-HOTPLUG-TIMEOUT round=$round"; break; fi
+        bdf=$(basename "$(readlink -f "/sys/class/net/$ifname/device")")
+        up=$(cut -d' ' -f1 /proc/uptime)
+        echo "L2-HOTPLUG-BOUND round=$round bdf=$bdf uptime=$up"
+        ip link set "$ifname" up
+        ip addr add "$ip/24" dev "$ifname"
+        i=0
+        while [ "$(cat /sys/class/net/$ifname/carrier 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        rx=$(ping -c 3 -i 0.2 -W 3 192.0.2.1 2>&1 | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+        echo "L2-HOTPLUG-PING round=$round received=${rx:-0}"
+        i=0
+        while [ -e "/sys/bus/pci/devices/$bdf" ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+        if [ -e "/sys/bus/pci/devices/$bdf" ]; then echo "L2-HOTPLUG-STILL-THERE round=$round"; break; fi
+        echo "L2-HOTPLUG-GONE round=$round bdf=$bdf"
+        round=$((round + 1))
+    done
+    echo "L2-HOTPLUG-DONE"
 fi
 
 case $action in

@@ -6,39 +6,16 @@ use api::{ApiReceiver, ApiRequest, Response};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::json;
 
-use pci::vfio::VfioPciDevice;
-
-use crate::attachment::AttachState;
+use crate::hotplug::Hotplug;
 use crate::vcpu::{ExitSignal, GuestExit};
 use crate::vcpu_set::{RunState, VcpuSet, VcpuSetError};
-
-/// What `vm.info` reports of one device; its state is read live from the device.
-#[derive(Clone)]
-pub struct DeviceSummary {
-    pub id: String,
-    pub path: String,
-    pub bdf: String,
-    pub device: Arc<Mutex<VfioPciDevice>>,
-}
-
-impl DeviceSummary {
-    /// Attaching until the guest enables the function, then Attached.
-    fn state(&self) -> AttachState {
-        let enabled = self.device.lock().map(|d| d.guest_enabled()).unwrap_or(false);
-        if enabled {
-            AttachState::Attached
-        } else {
-            AttachState::Attaching
-        }
-    }
-}
 
 pub struct ApiHandler {
     rx: ApiReceiver,
     vcpus: Arc<VcpuSet>,
     exit: Arc<ExitSignal>,
     config: serde_json::Value,
-    devices: Vec<DeviceSummary>,
+    hotplug: Arc<Mutex<Hotplug>>,
 }
 
 impl ApiHandler {
@@ -47,9 +24,9 @@ impl ApiHandler {
         vcpus: Arc<VcpuSet>,
         exit: Arc<ExitSignal>,
         config: serde_json::Value,
-        devices: Vec<DeviceSummary>,
+        hotplug: Arc<Mutex<Hotplug>>,
     ) -> Self {
-        Self { rx, vcpus, exit, config, devices }
+        Self { rx, vcpus, exit, config, hotplug }
     }
 
     fn wrong_state(e: VcpuSetError) -> Response {
@@ -67,11 +44,7 @@ impl ApiHandler {
                     RunState::Running => "Running",
                     RunState::Paused => "Paused",
                 };
-                let devices: Vec<_> = self
-                    .devices
-                    .iter()
-                    .map(|d| json!({ "id": d.id, "path": d.path, "bdf": d.bdf, "state": d.state().to_string() }))
-                    .collect();
+                let devices = self.hotplug.lock().map(|mut h| h.info()).unwrap_or_default();
                 Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
             }
             ApiRequest::VmPause => match self.vcpus.pause() {
@@ -88,9 +61,20 @@ impl ApiHandler {
                 Response::no_content()
             }
             ApiRequest::VmShutdown => Response::error(501, "vm.shutdown (ACPI power button) is not implemented yet"),
-            ApiRequest::VmAddDevice(_) | ApiRequest::VmRemoveDevice { .. } => {
-                Response::error(501, "device hotplug is not implemented yet; pass devices with --device")
-            }
+            ApiRequest::VmAddDevice(req) => match self.hotplug.lock() {
+                Ok(mut h) => match h.add(req) {
+                    Ok(info) => Response::json(200, info.to_string()),
+                    Err(e) => Response::error(e.status, &e.message),
+                },
+                Err(_) => Response::error(500, "hotplug state is unavailable"),
+            },
+            ApiRequest::VmRemoveDevice { id } => match self.hotplug.lock() {
+                Ok(mut h) => match h.remove(&id) {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Response::error(e.status, &e.message),
+                },
+                Err(_) => Response::error(500, "hotplug state is unavailable"),
+            },
         }
     }
 }

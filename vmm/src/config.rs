@@ -84,6 +84,9 @@ pub struct Cli {
     /// REST API socket: path=PATH.
     #[arg(long = "api-socket", value_name = "path=PATH")]
     pub api_socket: Option<String>,
+    /// Seconds the guest has to eject a device after remove-device (then vm.info says so).
+    #[arg(long = "eject-timeout", value_name = "SECONDS", default_value_t = 30)]
+    pub eject_timeout: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,7 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     pub devices: Vec<DeviceConfig>,
     pub api_socket: Option<PathBuf>,
+    pub eject_timeout: std::time::Duration,
 }
 
 /// Splits `a=1,b=2` into pairs, rejecting unknown and repeated keys.
@@ -316,7 +320,7 @@ impl Cli {
                 initramfs: self.initramfs.clone(),
                 cmdline: self.cmdline.clone(),
             },
-            VmConfig { cpus, memory, serial, devices, api_socket },
+            VmConfig { cpus, memory, serial, devices, api_socket, eject_timeout: std::time::Duration::from_secs(self.eject_timeout) },
         ))
     }
 }

@@ -4,7 +4,9 @@
 use std::fs::File;
 use std::sync::{Arc, Mutex, RwLock};
 
+use arch::acpi_hotplug::{GED_GSI, HOTPLUG_PORT, HOTPLUG_PORT_LEN};
 use arch::layout::*;
+use devices::hotplug::HotplugRegisters;
 use devices::cmos::{Cmos, CMOS_PORT, CMOS_PORT_COUNT};
 use devices::power::{
     AcpiPmDevice, I8042Reset, PowerEvents, ACPI_PM_PORT, ACPI_PM_PORT_COUNT, I8042_COMMAND_PORT, I8042_DATA_PORT,
@@ -46,6 +48,9 @@ pub struct Devices {
     pub pci_bus: Arc<RwLock<PciBus>>,
     /// Trapped parts of passed-through BARs.
     pub bar_router: Arc<BarRouter>,
+    /// PCI hotplug / GED registers, and the eventfd signalled when the guest ejects a slot.
+    pub hotplug: Arc<Mutex<HotplugRegisters>>,
+    pub eject_evt: EventFd,
 }
 
 fn eventfd() -> Result<EventFd, DeviceManagerError> {
@@ -140,10 +145,26 @@ pub fn create_devices(
         Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
     )?;
 
+    let ged_irq = eventfd()?;
+    vm.register_irqfd(&ged_irq, GED_GSI).map_err(|source| DeviceManagerError::Irqfd { irq: GED_GSI, source })?;
+    let eject_evt = eventfd()?;
+    let hotplug = Arc::new(Mutex::new(HotplugRegisters::new(ged_irq, clone_fd(&eject_evt)?)));
+    register_pio(&mut io, "pci-hotplug", HOTPLUG_PORT, HOTPLUG_PORT_LEN, hotplug.clone())?;
+
     let bar_router = Arc::new(BarRouter::default());
     for &(base, size) in pci_windows {
         register_mmio(&mut io, "pci-bars", base, size, bar_router.clone())?;
     }
 
-    Ok(Devices { io: Arc::new(RwLock::new(io)), serial, serial_rx_space, power_off, reset, pci_bus, bar_router })
+    Ok(Devices {
+        io: Arc::new(RwLock::new(io)),
+        serial,
+        serial_rx_space,
+        power_off,
+        reset,
+        pci_bus,
+        bar_router,
+        hotplug,
+        eject_evt,
+    })
 }

@@ -197,3 +197,30 @@ impl MutEventSubscriber for TerminationSignals {
         self.exit.raise(GuestExit::Terminated(signal));
     }
 }
+
+/// The guest ejected a hotplug slot: tear the device down here, on the VMM thread.
+pub struct EjectWatcher {
+    evt: EventFd,
+    hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
+}
+
+impl EjectWatcher {
+    pub fn new(evt: EventFd, hotplug: Arc<Mutex<crate::hotplug::Hotplug>>) -> Self {
+        Self { evt, hotplug }
+    }
+}
+
+impl MutEventSubscriber for EjectWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("cannot watch guest ejects: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        if let Ok(mut h) = self.hotplug.lock() {
+            h.on_guest_eject();
+        }
+    }
+}

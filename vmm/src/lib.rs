@@ -7,6 +7,7 @@ pub mod config;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit_counters;
+pub mod hotplug;
 pub mod memory;
 pub mod vcpu;
 pub mod vcpu_set;

@@ -171,6 +171,13 @@ impl DmaGate {
         self.done.notify_all();
     }
 
+    /// Back to "not mapped" (the container lost its mappings with its last group).
+    fn reset(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = None;
+        }
+    }
+
     fn wait(&self) -> Result<(), String> {
         let mut s = self.state.lock().map_err(|_| "DMA gate poisoned".to_string())?;
         while s.is_none() {
@@ -310,6 +317,8 @@ pub struct AttachedDevice {
     pub host: HostDevice,
     pub slot: u8,
     pub device: Arc<Mutex<VfioPciDevice>>,
+    /// BAR placements from the allocator, to give back on detach.
+    bars: Vec<(u64, u64, BarRegion)>,
 }
 
 impl AttachedDevice {
@@ -375,6 +384,7 @@ impl VfioManager {
         let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
         let bars = discover_bars(backend.as_ref());
         let mut addresses = Vec::new();
+        let mut placed = Vec::new();
         {
             let mut alloc = allocator.lock().map_err(|_| setup("allocator lock poisoned".into()))?;
             for bar in &bars {
@@ -384,18 +394,62 @@ impl VfioManager {
                 let region = if bar.size >= LARGE_BAR { BarRegion::Mmio64 } else { BarRegion::Mmio32 };
                 let addr = alloc.allocate(bar.size, region).map_err(|e| setup(format!("BAR {}: {e}", bar.index)))?;
                 addresses.push((bar.index, addr));
+                placed.push((addr, bar.size, region));
             }
         }
-        let device = VfioPciDevice::new(backend, self.platform.clone(), &bars, &addresses).map_err(|e| setup(e.to_string()))?;
-        let device = Arc::new(Mutex::new(device));
-        let slot = bus
-            .write()
-            .map_err(|_| setup("PCI bus lock poisoned".into()))?
-            .add_device(device.clone())
-            .map_err(|e| setup(e.to_string()))?;
+        let free_bars = |alloc: &Mutex<BarAllocator>| {
+            if let Ok(mut a) = alloc.lock() {
+                for &(addr, size, region) in &placed {
+                    let _ = a.free(addr, size, region);
+                }
+            }
+        };
+        let device = match VfioPciDevice::new(backend, self.platform.clone(), &bars, &addresses) {
+            Ok(d) => Arc::new(Mutex::new(d)),
+            Err(e) => {
+                free_bars(allocator);
+                return Err(setup(e.to_string()));
+            }
+        };
+        let slot = match bus.write().map_err(|_| "PCI bus lock poisoned".to_string()).and_then(|mut b| b.add_device(device.clone()).map_err(|e| e.to_string())) {
+            Ok(slot) => slot,
+            Err(e) => {
+                free_bars(allocator);
+                return Err(setup(e));
+            }
+        };
         log::info!("{}: {} at guest {}", host.id, host.bdf, format_args!("0000:00:{slot:02x}.0"));
-        self.devices.push(AttachedDevice { host, slot, device });
+        self.devices.push(AttachedDevice { host, slot, device, bars: placed });
         Ok(self.devices.last().expect("just pushed"))
+    }
+
+    /// Takes the device in `slot` out of the VM (after the guest ejected it): quiesced, reset,
+    /// unplugged, its BARs given back and its VFIO fds closed, so the host has it back. When
+    /// the last device goes, the container loses its DMA mappings; the next attach maps again.
+    pub fn detach(&mut self, slot: u8, bus: &RwLock<PciBus>, allocator: &Mutex<BarAllocator>) -> Option<HostDevice> {
+        let index = self.devices.iter().position(|d| d.slot == slot)?;
+        let d = self.devices.remove(index);
+        if let Ok(mut dev) = d.device.lock() {
+            dev.shutdown();
+        }
+        if let Ok(mut b) = bus.write() {
+            b.remove_device(slot);
+        }
+        if let Ok(mut a) = allocator.lock() {
+            for &(addr, size, region) in &d.bars {
+                let _ = a.free(addr, size, region);
+            }
+        }
+        let host = d.host.clone();
+        drop(d);
+        if self.devices.is_empty() {
+            if let Some(mapper) = self.dma_mapper.take() {
+                let _ = mapper.join();
+            }
+            self.platform.dma.reset();
+        }
+        log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
+        Some(host)
     }
 
     /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).

@@ -14,10 +14,11 @@ use vmm_sys_util::terminal::Terminal;
 use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
-use crate::event_loop::{ConsoleInput, ExitWatcher, TerminationSignals};
+use crate::event_loop::{ConsoleInput, EjectWatcher, ExitWatcher, TerminationSignals};
+use crate::hotplug::Hotplug;
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
-use crate::vfio::{HostDevice, KvmPlatform, VfioManager};
-use crate::api_handler::{ApiHandler, DeviceSummary};
+use crate::vfio::{HostDevice, KvmPlatform};
+use crate::api_handler::ApiHandler;
 use crate::vcpu_set::VcpuSet;
 use api::ApiReceiver;
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
@@ -34,9 +35,7 @@ pub struct Vm {
     pub phys_bits: u8,
     devices: Devices,
     config: VmConfig,
-    bar_allocator: Mutex<BarAllocator>,
-    platform: Arc<KvmPlatform>,
-    vfio: Option<VfioManager>,
+    hotplug: Arc<Mutex<Hotplug>>,
 }
 
 impl Vm {
@@ -68,11 +67,20 @@ impl Vm {
         arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
         let windows = arch::layout::pci_windows(config.memory, phys_bits);
         let devices = create_devices(&fd, &config.serial, &windows)?;
-        let bar_allocator = Mutex::new(
+        let bar_allocator = Arc::new(Mutex::new(
             BarAllocator::new(windows[0], windows.get(1).copied()).map_err(|e| VmmError::Kvm(e.to_string()))?,
-        );
+        ));
         let fd = Arc::new(fd);
         let platform = Arc::new(KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone()));
+        let hotplug = Arc::new(Mutex::new(Hotplug::new(
+            fd.clone(),
+            memory.clone(),
+            devices.pci_bus.clone(),
+            bar_allocator,
+            platform,
+            devices.hotplug.clone(),
+            config.eject_timeout,
+        )));
         Ok(Self {
             _kvm: kvm,
             fd,
@@ -81,22 +89,14 @@ impl Vm {
             phys_bits,
             devices,
             config: config.clone(),
-            bar_allocator,
-            platform,
-            vfio: None,
+            hotplug,
         })
     }
 
     /// Opens and plugs the validated `--device`s (before the guest boots).
     pub fn attach_vfio_devices(&mut self, hosts: Vec<HostDevice>) -> Result<(), VmmError> {
-        if hosts.is_empty() {
-            return Ok(());
-        }
-        let mut manager = VfioManager::new(&self.fd, self.platform.clone())?;
-        for host in hosts {
-            manager.attach(host, &self.memory, &self.devices.pci_bus, &self.bar_allocator)?;
-        }
-        self.vfio = Some(manager);
+        let mut hotplug = self.hotplug.lock().map_err(|_| VmmError::Kvm("hotplug lock poisoned".into()))?;
+        hotplug.attach_at_boot(hosts)?;
         Ok(())
     }
 
@@ -107,23 +107,6 @@ impl Vm {
             "devices": self.config.devices.iter().map(|d| serde_json::json!({
                 "path": d.path.display().to_string(), "id": d.id })).collect::<Vec<_>>(),
         })
-    }
-
-    fn device_summaries(&self) -> Vec<DeviceSummary> {
-        self.vfio
-            .as_ref()
-            .map(|v| {
-                v.devices
-                    .iter()
-                    .map(|d| DeviceSummary {
-                        id: d.host.id.clone(),
-                        path: d.host.path.display().to_string(),
-                        bdf: d.guest_bdf(),
-                        device: d.device.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// The PCI MMIO windows (32-bit, and 64-bit when it fits).
@@ -137,14 +120,13 @@ impl Vm {
             cpu_count: self.config.cpus,
             pci_mmio32: (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE),
             pci_mmio64: arch::layout::pci_mmio64_window(self.config.memory, self.phys_bits),
-            // The hotplug controller is not wired yet: do not announce slots nobody serves.
-            hotplug: false,
+            hotplug: true,
         }
     }
 
     /// Starts the vCPUs at `entry` and runs the event loop until the guest exits.
     /// `api`: requests from the API server, served on this thread.
-    pub fn run(mut self, entry: EntryPoint, api: Option<ApiReceiver>) -> Result<GuestExit, VmmError> {
+    pub fn run(self, entry: EntryPoint, api: Option<ApiReceiver>) -> Result<GuestExit, VmmError> {
         install_kick_handler()?;
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventLoop)?);
         let shared = Arc::new(VcpuShared {
@@ -170,6 +152,8 @@ impl Vm {
             done.clone(),
         );
         manager.add_subscriber(Arc::new(Mutex::new(watcher)));
+        let eject = EjectWatcher::new(self.devices.eject_evt.try_clone().map_err(VmmError::EventLoop)?, self.hotplug.clone());
+        manager.add_subscriber(Arc::new(Mutex::new(eject)));
         let signals = TerminationSignals::install(exit.clone()).map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(signals)));
         let _raw_terminal = if self.config.serial == SerialConfig::Tty {
@@ -193,7 +177,7 @@ impl Vm {
         }
         let vcpu_set = Arc::new(VcpuSet::new(shared.clone(), handles));
         if let Some(rx) = api {
-            let handler = ApiHandler::new(rx, vcpu_set.clone(), exit.clone(), self.config_json(), self.device_summaries());
+            let handler = ApiHandler::new(rx, vcpu_set.clone(), exit.clone(), self.config_json(), self.hotplug.clone());
             manager.add_subscriber(Arc::new(Mutex::new(handler)));
         }
 
@@ -208,8 +192,8 @@ impl Vm {
             log::info!("vcpu{id} exits: {}", c.summary());
         }
         // Devices go after the vCPUs, on this (the VMM) thread.
-        if let Some(mut vfio) = self.vfio.take() {
-            vfio.shutdown();
+        if let Ok(mut hotplug) = self.hotplug.lock() {
+            hotplug.shutdown();
         }
         Ok(exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into())))
     }

@@ -1,0 +1,74 @@
+//! Hot-attach / hot-detach acceptance in the nested testbed (one L1 boot:
+//! tests/testbed/scenarios/vfvmm-hotplug.sh). `#[ignore]`d for a quick `cargo test`, run by
+//! `make test`.
+
+use std::sync::OnceLock;
+
+use vfvmm_tests::{run_suite, SuiteRun};
+
+fn suite() -> &'static SuiteRun {
+    static RUN: OnceLock<SuiteRun> = OnceLock::new();
+    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-hotplug.sh", 2400))
+}
+
+fn json(run: &SuiteRun, file: &str) -> serde_json::Value {
+    serde_json::from_str(&run.file(file)).unwrap_or_else(|e| {
+        panic!("{file} is not JSON ({e}): {:?}\nconsole tail: {:?}\nstderr: {}", run.file(file), run.markers("hp"), run.stderr("hp"))
+    })
+}
+
+fn device<'a>(info: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    info["devices"].as_array().and_then(|d| d.iter().find(|d| d["id"] == id)).unwrap_or(&serde_json::Value::Null)
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn three_attach_detach_cycles_with_ping_after_each_attach() {
+    let run = suite();
+    let markers = run.markers("hp");
+    for round in 1..=3 {
+        let added = json(run, &format!("hp-add-{round}.json"));
+        assert_eq!(added["id"], "vf0", "round {round}: {added}");
+        let bdf = added["bdf"].as_str().unwrap_or_default().to_string();
+        assert!(bdf.starts_with("0000:00:"), "{added}");
+        assert!(markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-BOUND round={round} "))), "round {round}: {markers:#?}");
+        assert!(markers.iter().any(|m| m == &format!("L2-HOTPLUG-PING round={round} received=3")), "round {round}: {markers:#?}");
+        let attached = json(run, &format!("hp-info-attached-{round}.json"));
+        let d = device(&attached, "vf0");
+        assert_eq!((d["state"].as_str(), d["bdf"].as_str()), (Some("Attached"), Some(bdf.as_str())), "round {round}: {attached}");
+        assert_eq!(run.file(&format!("hp-remove-{round}.txt")), "ok\n");
+        assert!(markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-GONE round={round} "))), "round {round}: {markers:#?}");
+        let detached = json(run, &format!("hp-info-detached-{round}.json"));
+        assert_eq!(device(&detached, "vf0")["state"], "Detached", "round {round}: {detached}");
+        assert_eq!(run.file(&format!("hp-driver-after-{round}.txt")).trim(), "vfio-pci", "the VF is back on the host");
+    }
+    assert!(markers.iter().any(|m| m == "L2-HOTPLUG-DONE"), "{markers:#?}");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn errors_change_nothing_and_the_vm_keeps_running() {
+    let run = suite();
+    let same_vf = run.file("hp-err-same-vf.txt");
+    assert!(same_vf.contains("is already attached (409)") && same_vf.ends_with("rc=1\n"), "{same_vf}");
+    let same_id = run.file("hp-err-same-id.txt");
+    assert!(same_id.contains("device id 'vf0' is in use (409)") && same_id.ends_with("rc=1\n"), "{same_id}");
+    let unknown = run.file("hp-err-unknown.txt");
+    assert!(unknown.contains("no device 'nosuch' (404)") && unknown.ends_with("rc=1\n"), "{unknown}");
+    let host = run.file("hp-err-host-driver.txt");
+    assert!(host.contains("bound to igbvf") && host.contains("vfio-pci") && host.contains("(400)") && host.ends_with("rc=1\n"), "{host}");
+    assert!(run.file("hp-alive.txt").starts_with("vfvmm "), "{}", run.file("hp-alive.txt"));
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn two_vfs_attached_at_once_and_the_host_gets_them_back() {
+    let run = suite();
+    let info = json(run, "hp-info-two.json");
+    assert_eq!(device(&info, "vf0")["state"], "Attached", "{info}");
+    assert_eq!(device(&info, "vf1")["state"], "Attached", "{info}");
+    assert_ne!(device(&info, "vf0")["bdf"], device(&info, "vf1")["bdf"]);
+    assert_eq!(run.rc("hp"), Some(0), "vmm.shutdown exits 0; stderr: {}", run.stderr("hp"));
+    let ms: u64 = run.file("hp-numvfs-ms.txt").trim().parse().expect("sriov_numvfs timing");
+    assert!(ms < 30_000, "echo 0 > sriov_numvfs took {ms} ms");
+}

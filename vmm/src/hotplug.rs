@@ -1,0 +1,212 @@
+//! Device attach/detach at run time (ACPI PCI hotplug), on the VMM thread.
+//!
+//! add-device: validate the host device, open it, place it in a free slot, announce it
+//! (slot-up + GED interrupt) → Attaching; the guest's acpiphp enables it → Attached.
+//! remove-device: slot-down + GED interrupt → Detaching; the guest's `_EJ0` writes the eject
+//! register → torn down here → Detached, the VF is free on the host. A guest that does not
+//! eject within the timeout shows "Detaching (eject timed out)"; remove-device again retries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use api::{AddDevice, ApiError};
+use devices::hotplug::HotplugRegisters;
+use kvm_ioctls::VmFd;
+use pci::{BarAllocator, PciBus};
+use serde_json::json;
+
+use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
+use crate::config::DeviceConfig;
+use crate::memory::GuestMemory;
+use crate::vfio::{validate_device, HostDevice, HostRoots, KvmPlatform, VfioError, VfioManager};
+
+struct Entry {
+    host: HostDevice,
+    slot: u8,
+    state: AttachState,
+    eject_deadline: Option<Instant>,
+}
+
+pub struct Hotplug {
+    vm: Arc<VmFd>,
+    memory: GuestMemory,
+    bus: Arc<RwLock<PciBus>>,
+    allocator: Arc<Mutex<BarAllocator>>,
+    platform: Arc<KvmPlatform>,
+    registers: Arc<Mutex<HotplugRegisters>>,
+    vfio: Option<VfioManager>,
+    entries: BTreeMap<String, Entry>,
+    eject_timeout: Duration,
+    next_index: usize,
+}
+
+fn status(e: &VfioError) -> u16 {
+    match e {
+        VfioError::NotPciDevice { .. } => 404,
+        VfioError::Duplicate { .. } => 409,
+        VfioError::KvmVfioDevice(_) | VfioError::Container(_) | VfioError::DmaMap(_) => 500,
+        _ => 400,
+    }
+}
+
+impl Hotplug {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: Arc<VmFd>,
+        memory: GuestMemory,
+        bus: Arc<RwLock<PciBus>>,
+        allocator: Arc<Mutex<BarAllocator>>,
+        platform: Arc<KvmPlatform>,
+        registers: Arc<Mutex<HotplugRegisters>>,
+        eject_timeout: Duration,
+    ) -> Self {
+        Self {
+            vm,
+            memory,
+            bus,
+            allocator,
+            platform,
+            registers,
+            vfio: None,
+            entries: BTreeMap::new(),
+            eject_timeout,
+            next_index: 0,
+        }
+    }
+
+    fn manager(&mut self) -> Result<&mut VfioManager, VfioError> {
+        if self.vfio.is_none() {
+            self.vfio = Some(VfioManager::new(&self.vm, self.platform.clone())?);
+        }
+        Ok(self.vfio.as_mut().expect("just set"))
+    }
+
+    /// Plugs a validated device; returns its guest slot.
+    fn plug(&mut self, host: HostDevice) -> Result<u8, VfioError> {
+        let (memory, bus, allocator) = (self.memory.clone(), self.bus.clone(), self.allocator.clone());
+        let slot = self.manager()?.attach(host.clone(), &memory, &bus, &allocator)?.slot;
+        self.entries.insert(host.id.clone(), Entry { host, slot, state: AttachState::Attaching, eject_deadline: None });
+        Ok(slot)
+    }
+
+    /// Devices given on the command line, before the guest boots.
+    pub fn attach_at_boot(&mut self, hosts: Vec<HostDevice>) -> Result<(), VfioError> {
+        self.next_index = hosts.len();
+        for host in hosts {
+            self.plug(host)?;
+        }
+        Ok(())
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values().filter(|e| e.state != AttachState::Detached)
+    }
+
+    /// `vm.add-device`.
+    pub fn add(&mut self, req: AddDevice) -> Result<serde_json::Value, ApiError> {
+        let err = |status, message: String| ApiError { status, message };
+        let id = req.id.clone().unwrap_or_else(|| {
+            self.next_index += 1;
+            format!("vfio{}", self.next_index - 1)
+        });
+        if self.live().any(|e| e.host.id == id) {
+            return Err(err(409, format!("device id '{id}' is in use")));
+        }
+        let cfg = DeviceConfig { path: req.path.clone().into(), id: Some(id.clone()) };
+        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| err(status(&e), e.to_string()))?;
+        if self.live().any(|e| e.host.path == host.path) {
+            return Err(err(409, format!("{} is already attached", req.path)));
+        }
+        // A detached entry with this id is history now.
+        self.entries.remove(&id);
+        let slot = self.plug(host).map_err(|e| err(status(&e), e.to_string()))?;
+        if let Ok(mut r) = self.registers.lock() {
+            r.slot_up(slot);
+        }
+        Ok(json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }))
+    }
+
+    /// `vm.remove-device`: ask the guest to eject.
+    pub fn remove(&mut self, id: &str) -> Result<(), ApiError> {
+        self.refresh();
+        let entry = self.entries.get_mut(id).ok_or(ApiError { status: 404, message: format!("no device '{id}'") })?;
+        let (next, action) = transition(entry.state, AttachEvent::RemoveRequested)
+            .map_err(|e| ApiError { status: 409, message: e.to_string() })?;
+        entry.state = next;
+        if action == AttachAction::NotifyEject {
+            entry.eject_deadline = Some(Instant::now() + self.eject_timeout);
+            if let Ok(mut r) = self.registers.lock() {
+                r.slot_down(entry.slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest ran `_EJ0` for some slots: tear those devices down.
+    pub fn on_guest_eject(&mut self) {
+        let ejected = self.registers.lock().map(|mut r| r.take_ejected()).unwrap_or(0);
+        let slots: Vec<u8> = (1..32u8).filter(|s| ejected & (1 << s) != 0).collect();
+        for slot in slots {
+            let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached) else {
+                continue;
+            };
+            match transition(entry.state, AttachEvent::GuestEjected) {
+                Ok((next, AttachAction::TearDown)) => {
+                    entry.state = next;
+                    entry.eject_deadline = None;
+                    if let Some(v) = self.vfio.as_mut() {
+                        v.detach(slot, &self.bus, &self.allocator);
+                    }
+                }
+                Ok((next, _)) => entry.state = next,
+                Err(e) => log::warn!("slot {slot}: guest eject ignored: {e}"),
+            }
+        }
+    }
+
+    /// Brings states up to date: guest-enabled devices are Attached, overdue ejects time out.
+    fn refresh(&mut self) {
+        let now = Instant::now();
+        for entry in self.entries.values_mut() {
+            let event = match entry.state {
+                AttachState::Attaching => {
+                    let enabled = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == entry.slot)).is_some_and(|d| {
+                        d.device.lock().map(|dev| dev.guest_enabled()).unwrap_or(false)
+                    });
+                    enabled.then_some(AttachEvent::GuestEnabled)
+                }
+                AttachState::Detaching { timed_out: false } => {
+                    entry.eject_deadline.is_some_and(|d| now >= d).then_some(AttachEvent::EjectTimedOut)
+                }
+                _ => None,
+            };
+            if let Some(Ok((next, _))) = event.map(|e| transition(entry.state, e)) {
+                entry.state = next;
+            }
+        }
+    }
+
+    /// Devices for `vm.info`.
+    pub fn info(&mut self) -> Vec<serde_json::Value> {
+        self.refresh();
+        self.entries
+            .values()
+            .map(|e| {
+                json!({
+                    "id": e.host.id,
+                    "path": e.host.path.display().to_string(),
+                    "bdf": format!("0000:00:{:02x}.0", e.slot),
+                    "state": e.state.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// VM exit: every device quiesced, reset and released.
+    pub fn shutdown(&mut self) {
+        if let Some(mut v) = self.vfio.take() {
+            v.shutdown();
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct Devices {
     /// PCI hotplug / GED registers, and the eventfd signalled when the guest ejects a slot.
     pub hotplug: Arc<Mutex<HotplugRegisters>>,
     pub eject_evt: EventFd,
+    /// Tells the event loop the set of host-request eventfds changed.
+    pub hotplug_resync: EventFd,
 }
 
 fn eventfd() -> Result<EventFd, DeviceManagerError> {
@@ -166,5 +168,6 @@ pub fn create_devices(
         bar_router,
         hotplug,
         eject_evt,
+        hotplug_resync: eventfd()?,
     })
 }

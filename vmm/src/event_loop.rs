@@ -198,29 +198,74 @@ impl MutEventSubscriber for TerminationSignals {
     }
 }
 
-/// The guest ejected a hotplug slot: tear the device down here, on the VMM thread.
-pub struct EjectWatcher {
-    evt: EventFd,
+/// Hotplug events for the VMM thread: the guest ejected a slot (tear the device down), the
+/// host asked for a device back (ask the guest to eject it), and changes to the set of
+/// host-request eventfds to watch.
+pub struct HotplugWatcher {
+    eject: EventFd,
+    resync: EventFd,
+    requests: std::collections::BTreeMap<u8, EventFd>,
     hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
 }
 
-impl EjectWatcher {
-    pub fn new(evt: EventFd, hotplug: Arc<Mutex<crate::hotplug::Hotplug>>) -> Self {
-        Self { evt, hotplug }
+/// Event data of host-request eventfds: this plus the slot.
+const REQUEST_DATA_BASE: u32 = 0x100;
+
+impl HotplugWatcher {
+    pub fn new(eject: EventFd, resync: EventFd, hotplug: Arc<Mutex<crate::hotplug::Hotplug>>) -> Self {
+        Self { eject, resync, requests: Default::default(), hotplug }
+    }
+
+    fn sync(&mut self, ops: &mut EventOps) {
+        let changes = self.hotplug.lock().map(|mut h| h.take_request_watch()).unwrap_or_default();
+        for change in changes {
+            match change {
+                crate::hotplug::RequestWatch::Add { slot, fd } => {
+                    let ev = Events::with_data(&fd, REQUEST_DATA_BASE + u32::from(slot), EventSet::IN);
+                    match ops.add(ev) {
+                        Ok(()) => {
+                            self.requests.insert(slot, fd);
+                        }
+                        Err(e) => log::warn!("slot {slot}: cannot watch host requests: {e:?}"),
+                    }
+                }
+                crate::hotplug::RequestWatch::Remove { slot } => {
+                    if let Some(fd) = self.requests.remove(&slot) {
+                        let _ = ops.remove(Events::with_data(&fd, REQUEST_DATA_BASE + u32::from(slot), EventSet::IN));
+                    }
+                }
+            }
+        }
     }
 }
 
-impl MutEventSubscriber for EjectWatcher {
+impl MutEventSubscriber for HotplugWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("cannot watch guest ejects: {e:?}");
+        for fd in [&self.eject, &self.resync] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                log::error!("cannot watch hotplug events: {e:?}");
+            }
         }
+        self.sync(ops);
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.evt.read();
-        if let Ok(mut h) = self.hotplug.lock() {
-            h.on_guest_eject();
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.eject.as_raw_fd() {
+            let _ = self.eject.read();
+            if let Ok(mut h) = self.hotplug.lock() {
+                h.on_guest_eject();
+            }
+        } else if fd == self.resync.as_raw_fd() {
+            let _ = self.resync.read();
+        } else if let Some(slot) = events.data().checked_sub(REQUEST_DATA_BASE).and_then(|s| u8::try_from(s).ok()) {
+            if let Some(req) = self.requests.get(&slot) {
+                let _ = req.read();
+            }
+            if let Ok(mut h) = self.hotplug.lock() {
+                h.on_host_request(slot);
+            }
         }
+        self.sync(ops);
     }
 }

@@ -15,6 +15,7 @@ use devices::hotplug::HotplugRegisters;
 use kvm_ioctls::VmFd;
 use pci::{BarAllocator, PciBus};
 use serde_json::json;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
 use crate::config::DeviceConfig;
@@ -28,6 +29,12 @@ struct Entry {
     eject_deadline: Option<Instant>,
 }
 
+/// Changes to the set of host-request eventfds the event loop must watch.
+pub enum RequestWatch {
+    Add { slot: u8, fd: EventFd },
+    Remove { slot: u8 },
+}
+
 pub struct Hotplug {
     vm: Arc<VmFd>,
     memory: GuestMemory,
@@ -39,6 +46,9 @@ pub struct Hotplug {
     entries: BTreeMap<String, Entry>,
     eject_timeout: Duration,
     next_index: usize,
+    /// Pending changes for the event loop, and the eventfd that tells it to look.
+    request_watch: Vec<RequestWatch>,
+    resync: EventFd,
 }
 
 fn status(e: &VfioError) -> u16 {
@@ -60,8 +70,11 @@ impl Hotplug {
         platform: Arc<KvmPlatform>,
         registers: Arc<Mutex<HotplugRegisters>>,
         eject_timeout: Duration,
+        resync: EventFd,
     ) -> Self {
         Self {
+            request_watch: Vec::new(),
+            resync,
             vm,
             memory,
             bus,
@@ -85,9 +98,45 @@ impl Hotplug {
     /// Plugs a validated device; returns its guest slot.
     fn plug(&mut self, host: HostDevice) -> Result<u8, VfioError> {
         let (memory, bus, allocator) = (self.memory.clone(), self.bus.clone(), self.allocator.clone());
-        let slot = self.manager()?.attach(host.clone(), &memory, &bus, &allocator)?.slot;
+        let request = EventFd::new(libc::EFD_NONBLOCK).ok();
+        let slot = self.manager()?.attach(host.clone(), &memory, &bus, &allocator, request.as_ref())?.slot;
         self.entries.insert(host.id.clone(), Entry { host, slot, state: AttachState::Attaching, eject_deadline: None });
+        if let Some(fd) = request {
+            self.watch(RequestWatch::Add { slot, fd });
+        }
         Ok(slot)
+    }
+
+    fn watch(&mut self, change: RequestWatch) {
+        self.request_watch.push(change);
+        if let Err(e) = self.resync.write(1) {
+            log::error!("cannot tell the event loop about host requests: {e}");
+        }
+    }
+
+    /// Host-request eventfds to start or stop watching.
+    pub fn take_request_watch(&mut self) -> Vec<RequestWatch> {
+        std::mem::take(&mut self.request_watch)
+    }
+
+    /// The host asked for the device in `slot` back: ask the guest to eject it.
+    pub fn on_host_request(&mut self, slot: u8) {
+        let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached) else {
+            return;
+        };
+        match transition(entry.state, AttachEvent::HostRequested) {
+            Ok((next, action)) => {
+                log::info!("{}: the host wants {} back; asking the guest to eject it", entry.host.id, entry.host.bdf);
+                entry.state = next;
+                if action == AttachAction::NotifyEject {
+                    entry.eject_deadline.get_or_insert(Instant::now() + self.eject_timeout);
+                    if let Ok(mut r) = self.registers.lock() {
+                        r.slot_down(slot);
+                    }
+                }
+            }
+            Err(e) => log::warn!("slot {slot}: host request ignored: {e}"),
+        }
     }
 
     /// Devices given on the command line, before the guest boots.
@@ -158,6 +207,7 @@ impl Hotplug {
                     if let Some(v) = self.vfio.as_mut() {
                         v.detach(slot, &self.bus, &self.allocator);
                     }
+                    self.watch(RequestWatch::Remove { slot });
                 }
                 Ok((next, _)) => entry.state = next,
                 Err(e) => log::warn!("slot {slot}: guest eject ignored: {e}"),

@@ -346,12 +346,14 @@ impl VfioManager {
     }
 
     /// Opens `host`, places its BARs, plugs it into the PCI bus and maps guest RAM for DMA.
+    /// `request`: signalled when the host asks for the device back.
     pub fn attach(
         &mut self,
         host: HostDevice,
         memory: &GuestMemory,
         bus: &RwLock<PciBus>,
         allocator: &Mutex<BarAllocator>,
+        request: Option<&EventFd>,
     ) -> Result<&AttachedDevice, VfioError> {
         let path = host.path.display().to_string();
         let setup = |reason: String| VfioError::Setup { path: path.clone(), reason };
@@ -382,6 +384,11 @@ impl VfioManager {
             self.dma_mapper = Some(mapper);
         }
         let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
+        if let Some(fd) = request {
+            if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
+                log::warn!("{}: the host cannot ask for it back: {e}", host.id);
+            }
+        }
         let bars = discover_bars(backend.as_ref());
         let mut addresses = Vec::new();
         let mut placed = Vec::new();

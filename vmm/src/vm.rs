@@ -14,7 +14,7 @@ use vmm_sys_util::terminal::Terminal;
 use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
-use crate::event_loop::{ConsoleInput, EjectWatcher, ExitWatcher, TerminationSignals};
+use crate::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
 use crate::hotplug::Hotplug;
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
 use crate::vfio::{HostDevice, KvmPlatform};
@@ -80,6 +80,7 @@ impl Vm {
             platform,
             devices.hotplug.clone(),
             config.eject_timeout,
+            devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
         )));
         Ok(Self {
             _kvm: kvm,
@@ -152,8 +153,12 @@ impl Vm {
             done.clone(),
         );
         manager.add_subscriber(Arc::new(Mutex::new(watcher)));
-        let eject = EjectWatcher::new(self.devices.eject_evt.try_clone().map_err(VmmError::EventLoop)?, self.hotplug.clone());
-        manager.add_subscriber(Arc::new(Mutex::new(eject)));
+        let hotplug_watcher = HotplugWatcher::new(
+            self.devices.eject_evt.try_clone().map_err(VmmError::EventLoop)?,
+            self.devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
+            self.hotplug.clone(),
+        );
+        manager.add_subscriber(Arc::new(Mutex::new(hotplug_watcher)));
         let signals = TerminationSignals::install(exit.clone()).map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(signals)));
         let _raw_terminal = if self.config.serial == SerialConfig::Tty {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{HostMapping, RegionInfo, VfioBackend, VfioBackendError, VFIO_PCI_MSIX_IRQ_INDEX};
+use super::{HostMapping, RegionInfo, VfioBackend, VfioBackendError, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX};
 
 const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
 const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
@@ -107,5 +107,12 @@ impl VfioBackend for RealVfio {
 
     fn reset(&self) {
         self.device.reset();
+    }
+
+    fn enable_request_irq(&self, fd: &EventFd) -> Result<(), VfioBackendError> {
+        if self.irq_count(VFIO_PCI_REQ_IRQ_INDEX) == 0 {
+            return Err(VfioBackendError::Vfio("the device has no request interrupt".into()));
+        }
+        self.device.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd]).map_err(|e| VfioBackendError::Vfio(e.to_string()))
     }
 }

@@ -26,6 +26,7 @@ pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
 pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
 pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioBackendError {
@@ -110,6 +111,10 @@ pub trait VfioBackend: Send + Sync {
     fn enable_msi(&self, fds: &[&EventFd]) -> Result<(), VfioBackendError>;
     fn disable_msi(&self) -> Result<(), VfioBackendError>;
     fn reset(&self);
+    /// Signals `fd` when the host asks for the device back (e.g. its VF is being destroyed).
+    fn enable_request_irq(&self, _fd: &EventFd) -> Result<(), VfioBackendError> {
+        Ok(())
+    }
 
     fn config_read_u32(&self, reg: usize) -> u32 {
         let mut b = [0u8; 4];

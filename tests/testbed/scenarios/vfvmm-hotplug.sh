@@ -5,7 +5,8 @@
 #             vfctl remove-device -> the device leaves the guest -> info Detached
 #   errors in round 1: same VF twice (409), same id (409), unknown id (404), a VF bound to
 #             igbvf (400); the VM keeps running
-#   two VFs attached at once; vmm.shutdown; then the host can destroy the VFs at once.
+#   two VFs attached at once; the host destroys them (sriov_numvfs=0) while attached: the
+#   guest is asked to eject, the write returns, the VM keeps running.
 # The Rust test (tests/tests/testbed_hotplug.rs) asserts on the files in $RESULTS.
 set -uo pipefail
 # shellcheck source=../lib.sh
@@ -61,11 +62,15 @@ vfctl --json add-device "path=/sys/bus/pci/devices/$VF1,id=vf1" > "$RESULTS/hp-t
 wait_state vf0 Attached 120
 wait_state vf1 Attached 120
 vfctl --json info > "$RESULTS/hp-info-two.json" 2>&1
+
+# The host takes both VFs back while attached: vfio-pci signals the request interrupt, vfvmm
+# asks the guest to eject, the guest does, vfvmm releases them, and the write returns.
+start=$(now_ns)
+timeout 120 bash -c "echo 0 > /sys/bus/pci/devices/$TB_PF/sriov_numvfs"
+echo "rc=$?" > "$RESULTS/hp-release-rc.txt"
+echo $((($(now_ns) - start) / 1000000)) > "$RESULTS/hp-release-ms.txt"
+vfctl ping > "$RESULTS/hp-alive-after-release.txt" 2>&1
+vfctl --json info > "$RESULTS/hp-info-released.json" 2>&1
 vfctl shutdown-vmm > /dev/null 2>&1
 vmm_wait hp
-
-# The host can now destroy the VFs at once.
-start=$(now_ns)
-echo 0 > /sys/bus/pci/devices/$TB_PF/sriov_numvfs
-echo $((($(now_ns) - start) / 1000000)) > "$RESULTS/hp-numvfs-ms.txt"
 exit 0

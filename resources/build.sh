@@ -19,7 +19,7 @@ L1_MODULES=(netfs 9pnet 9pnet_virtio 9p
             ccp irqbypass kvm kvm-amd dca i2c-algo-bit igb
             vfio vfio_iommu_type1 vfio-pci-core vfio-pci)
 # Modules shipped (not loaded) in L2: /lib/modules/igbvf.ko
-L2_MODULES=(igbvf)
+L2_MODULES=(igbvf evdev button)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF=$REPO/resources/build.sh

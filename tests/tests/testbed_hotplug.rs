@@ -68,7 +68,16 @@ fn two_vfs_attached_at_once_and_the_host_gets_them_back() {
     assert_eq!(device(&info, "vf0")["state"], "Attached", "{info}");
     assert_eq!(device(&info, "vf1")["state"], "Attached", "{info}");
     assert_ne!(device(&info, "vf0")["bdf"], device(&info, "vf1")["bdf"]);
-    assert_eq!(run.rc("hp"), Some(0), "vmm.shutdown exits 0; stderr: {}", run.stderr("hp"));
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vm_shutdown_presses_the_power_button_and_the_guest_powers_off() {
+    let run = suite();
+    assert_eq!(run.file("hp-shutdown.txt"), "ok\n");
+    assert!(run.markers("hp").iter().any(|m| m == "L2-POWER-BUTTON"), "{:#?}", run.markers("hp"));
+    assert_eq!(run.rc("hp"), Some(0), "the guest powered off; stderr: {}", run.stderr("hp"));
+    assert!(run.stderr("hp").contains("guest exit: PowerOff"), "{}", run.stderr("hp"));
 }
 
 #[test]

@@ -60,7 +60,13 @@ impl ApiHandler {
                 self.exit.raise(GuestExit::VmmShutdown);
                 Response::no_content()
             }
-            ApiRequest::VmShutdown => Response::error(501, "vm.shutdown (ACPI power button) is not implemented yet"),
+            ApiRequest::VmShutdown => match self.hotplug.lock() {
+                Ok(h) => {
+                    h.power_button();
+                    Response::no_content()
+                }
+                Err(_) => Response::error(500, "the power button is unavailable"),
+            },
             ApiRequest::VmAddDevice(req) => match self.hotplug.lock() {
                 Ok(mut h) => match h.add(req) {
                     Ok(info) => Response::json(200, info.to_string()),

@@ -253,6 +253,13 @@ impl Hotplug {
             .collect()
     }
 
+    /// `vm.shutdown`: press the ACPI power button (GED).
+    pub fn power_button(&self) {
+        if let Ok(mut r) = self.registers.lock() {
+            r.power_button();
+        }
+    }
+
     /// VM exit: every device quiesced, reset and released.
     pub fn shutdown(&mut self) {
         if let Some(mut v) = self.vfio.take() {

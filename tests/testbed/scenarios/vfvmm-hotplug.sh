@@ -71,6 +71,7 @@ echo "rc=$?" > "$RESULTS/hp-release-rc.txt"
 echo $((($(now_ns) - start) / 1000000)) > "$RESULTS/hp-release-ms.txt"
 vfctl ping > "$RESULTS/hp-alive-after-release.txt" 2>&1
 vfctl --json info > "$RESULTS/hp-info-released.json" 2>&1
-vfctl shutdown-vmm > /dev/null 2>&1
+# vm.shutdown: the ACPI power button; the guest powers off and vfvmm exits 0.
+vfctl shutdown > "$RESULTS/hp-shutdown.txt" 2>&1
 vmm_wait hp
 exit 0

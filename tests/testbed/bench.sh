@@ -14,7 +14,8 @@ for line in open(sys.argv[1]):
     if len(parts) == 4 and parts[3] not in ("NA", ""):
         runs.setdefault((parts[0], parts[1]), []).append(float(parts[3]))
 labels = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", "RTT": "ping RTT via the VF (ms)",
-          "BOOTELF": "boot-to-init, ELF vmlinux (ms)"}
+          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
+          "DETACH": "hot-detach -> VF free on host (ms)"}
 optional = {"BOOTELF"}
 missing = False
 for kind, label in labels.items():

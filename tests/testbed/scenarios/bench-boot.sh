@@ -6,6 +6,10 @@
 #   BOOTELF process start -> L2 /init booting the ELF vmlinux cut from the same bzImage
 #           (vfvmm: 64-bit entry; QEMU: PVH entry), i.e. without in-guest decompression
 #   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
+#   ATTACH  hot-attach: API call (vfctl add-device / QMP device_add into a pcie-root-port) ->
+#           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console)
+#   DETACH  hot-detach: API call (vfctl remove-device / QMP device_del) -> the VF is free in L1
+#           (its /dev/vfio group can be opened again)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
 set -uo pipefail
 # shellcheck source=../lib.sh
@@ -57,4 +61,47 @@ for ((round = 1; round <= ROUNDS; round++)); do
     echo "BOOTVF qemu $round $(marker_ms "vf-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
     echo "RTT qemu $round $(rtt "vf-qemu-$round" || true)" | tee -a "$out"
 done
+
+# Hot-attach / hot-detach latency, 3 rounds each in one guest per VMM.
+HERE=$(dirname "${BASH_SOURCE[0]}")/..
+VFCTL=$(dirname "$VFVMM")/vfctl
+GROUP=$(basename "$(readlink "/sys/bus/pci/devices/$VF0/iommu_group")")
+HPARGS="$APPEND l2.hotplug=3 l2.ip=192.0.2.10 l2.action=shell"
+marker_ns() { awk -v m="$2" 'index($0, m) { print $1; exit }' "$RESULTS/$1.markers"; }
+hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD... -- DETACH-CMD...
+    local name=$1 vmm=$2 round t0 t1 ms
+    shift 2
+    local attach=() detach=()
+    while [[ $1 != -- ]]; do attach+=("$1"); shift; done
+    shift
+    detach=("$@")
+    wait_for_marker "$name" L2-READY-FOR-HOTPLUG 300 || return
+    for round in 1 2 3; do
+        t0=$(now_ns)
+        "${attach[@]}" > /dev/null 2>&1
+        wait_for_marker "$name" "L2-HOTPLUG-PING round=$round" 300 || return
+        t1=$(marker_ns "$name" "L2-HOTPLUG-BOUND round=$round")
+        echo "ATTACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
+        "${detach[@]}" > /dev/null 2>&1
+        ms=$(python3 "$HERE/vfio-free.py" "$GROUP" 120 || echo NA)
+        echo "DETACH $vmm $round $ms" | tee -a "$out"
+        wait_for_marker "$name" "L2-HOTPLUG-GONE round=$round" 120 || return
+    done
+}
+SOCK=/tmp/bench-vfvmm.sock
+# shellcheck disable=SC2046
+vmm_start hp-vfvmm 900 -- $(vfvmm_cmd) --api-socket "path=$SOCK" --cmdline "$HPARGS"
+hotplug_rounds hp-vfvmm vfvmm "$VFCTL" --api-socket "$SOCK" add-device "path=/sys/bus/pci/devices/$VF0,id=vf0" \
+    -- "$VFCTL" --api-socket "$SOCK" remove-device vf0
+"$VFCTL" --api-socket "$SOCK" shutdown-vmm > /dev/null 2>&1
+vmm_wait hp-vfvmm
+
+QMP=/tmp/bench-qemu.qmp
+# shellcheck disable=SC2046
+vmm_start hp-qemu 900 -- $(qemu_cmd) -device pcie-root-port,id=hprp,chassis=2,slot=2 \
+    -qmp "unix:$QMP,server=on,wait=off" -append "$HPARGS"
+hotplug_rounds hp-qemu qemu python3 "$HERE/qmp.py" "$QMP" device_add "{\"driver\":\"vfio-pci\",\"host\":\"$VF0\",\"bus\":\"hprp\",\"id\":\"vf0\"}" \
+    -- python3 "$HERE/qmp.py" "$QMP" device_del '{"id":"vf0"}'
+python3 "$HERE/qmp.py" "$QMP" quit > /dev/null 2>&1
+vmm_wait hp-qemu
 exit 0

@@ -5,8 +5,11 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 results=$(mktemp -d /tmp/vfvmm-bench.XXXXXX)
 echo "bench: results and logs in $results"
-bash "$REPO/tests/testbed/run-l1.sh" "$REPO/tests/testbed/scenarios/bench-boot.sh" "$results" 3000 >"$results/run-l1.out"
-python3 - "$results/bench-boot.txt" <<'PY'
+# BENCH_ONLY=boot|vf|hotplug runs one section (scenarios/bench-SECTION-only.sh).
+scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
+[[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
+bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 >"$results/run-l1.out"
+python3 - "$results/bench-boot.txt" "${BENCH_ONLY:-all}" <<'PY'
 import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
@@ -17,6 +20,9 @@ labels = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", 
           "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
           "DETACH": "hot-detach -> VF free on host (ms)"}
 optional = {"BOOTELF"}
+if len(sys.argv) > 2 and sys.argv[2] != "all":  # BENCH_ONLY: only that section's figures are required
+    only = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}}[sys.argv[2]]
+    optional |= set(labels) - only
 missing = False
 for kind, label in labels.items():
     v, q = runs.get((kind, "vfvmm")), runs.get((kind, "qemu"))

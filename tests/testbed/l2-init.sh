@@ -53,6 +53,7 @@ vf=0
 ip=192.0.2.2
 pings=3
 hotplug=0
+counter=0
 for arg in $(cat /proc/cmdline); do
     case $arg in
         l2.input=*) input=${arg#*=} ;;
@@ -61,8 +62,14 @@ for arg in $(cat /proc/cmdline); do
         l2.ip=*) ip=${arg#*=} ;;
         l2.pings=*) pings=${arg#*=} ;;
         l2.hotplug=*) hotplug=${arg#*=} ;;
+        l2.counter=*) counter=${arg#*=} ;;
     esac
 done
+
+# l2.counter=1: print a counter twice a second, to see the guest make progress (or not).
+if [ "$counter" = 1 ]; then
+    ( i=0; while :; do echo "L2-COUNTER $i"; i=$((i + 1)); sleep 0.5; done ) &
+fi
 
 # MSI-X interrupt counts of the VF's queues and mailbox: "name total" per line.
 vf_irqs() {

@@ -11,7 +11,7 @@ use vfvmm_tests::{run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
-    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-boot.sh", 1500))
+    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-boot.sh", 600))
 }
 
 fn assert_has(run: &SuiteRun, name: &str, marker: &str) {

@@ -8,7 +8,7 @@ use vfvmm_tests::{run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
-    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-hotplug.sh", 2400))
+    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-hotplug.sh", 900))
 }
 
 fn json(run: &SuiteRun, file: &str) -> serde_json::Value {

@@ -8,7 +8,7 @@ use vfvmm_tests::{run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
-    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-vf.sh", 2400))
+    RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-vf.sh", 900))
 }
 
 /// Sum of the counters whose interrupt name ends with `suffix` in `L2-IRQ-<when>` lines.
@@ -125,6 +125,12 @@ fn vfctl_info_shows_the_vf_attached_pause_resume_and_shutdown_vmm() {
     assert!(run.file("vf-api.info-human").contains("device vf0: "), "{}", run.file("vf-api.info-human"));
     let pause = run.file("vf-api.pause");
     assert_eq!(pause, "ok\nvfctl: error: the VM is already paused (405)\nrc=1\nok\n");
+    // The guest's counter stops while paused and goes on after resume.
+    let counts: Vec<u64> = run.file("vf-api.counters").split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(counts.len(), 3, "{:?}", run.file("vf-api.counters"));
+    assert!(counts[0] > 0, "the counter ran before the pause: {counts:?}");
+    assert_eq!(counts[0], counts[1], "no progress while paused: {counts:?}");
+    assert!(counts[2] > counts[1], "progress after resume: {counts:?}");
     assert_eq!(run.file("vf-api.shutdown"), "ok\n");
     assert_eq!(run.rc("vf-api"), Some(0), "vmm.shutdown exits 0; stderr: {}", run.stderr("vf-api"));
     assert_eq!(run.file("vf-api.socket").trim(), "removed");

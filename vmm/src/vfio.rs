@@ -390,39 +390,40 @@ impl VfioManager {
             }
         }
         let bars = discover_bars(backend.as_ref());
-        let mut addresses = Vec::new();
-        let mut placed = Vec::new();
-        {
-            let mut alloc = allocator.lock().map_err(|_| setup("allocator lock poisoned".into()))?;
-            for bar in &bars {
-                if bar.kind == BarKind::Io {
-                    continue;
-                }
-                let region = if bar.size >= LARGE_BAR { BarRegion::Mmio64 } else { BarRegion::Mmio32 };
-                let addr = alloc.allocate(bar.size, region).map_err(|e| setup(format!("BAR {}: {e}", bar.index)))?;
-                addresses.push((bar.index, addr));
-                placed.push((addr, bar.size, region));
-            }
-        }
-        let free_bars = |alloc: &Mutex<BarAllocator>| {
-            if let Ok(mut a) = alloc.lock() {
-                for &(addr, size, region) in &placed {
-                    let _ = a.free(addr, size, region);
+        let mut placed: Vec<(u64, u64, BarRegion)> = Vec::new();
+        let result = (|| {
+            let mut addresses = Vec::new();
+            {
+                let mut alloc = allocator.lock().map_err(|_| "allocator lock poisoned".to_string())?;
+                for bar in bars.iter().filter(|b| b.kind != BarKind::Io) {
+                    let region = if bar.size >= LARGE_BAR { BarRegion::Mmio64 } else { BarRegion::Mmio32 };
+                    let addr = alloc.allocate(bar.size, region).map_err(|e| format!("BAR {}: {e}", bar.index))?;
+                    addresses.push((bar.index, addr));
+                    placed.push((addr, bar.size, region));
                 }
             }
-        };
-        let device = match VfioPciDevice::new(backend, self.platform.clone(), &bars, &addresses) {
-            Ok(d) => Arc::new(Mutex::new(d)),
-            Err(e) => {
-                free_bars(allocator);
-                return Err(setup(e.to_string()));
-            }
-        };
-        let slot = match bus.write().map_err(|_| "PCI bus lock poisoned".to_string()).and_then(|mut b| b.add_device(device.clone()).map_err(|e| e.to_string())) {
-            Ok(slot) => slot,
-            Err(e) => {
-                free_bars(allocator);
-                return Err(setup(e));
+            let device = Arc::new(Mutex::new(
+                VfioPciDevice::new(backend, self.platform.clone(), &bars, &addresses).map_err(|e| e.to_string())?,
+            ));
+            let slot = bus
+                .write()
+                .map_err(|_| "PCI bus lock poisoned".to_string())?
+                .add_device(device.clone())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((device, slot))
+        })();
+        let (device, slot) = match result {
+            Ok(ok) => ok,
+            Err(reason) => {
+                // Nothing of this device stays behind: its BARs go back, and if no device is
+                // left the container's mappings are gone with its group.
+                if let Ok(mut a) = allocator.lock() {
+                    for &(addr, size, region) in &placed {
+                        let _ = a.free(addr, size, region);
+                    }
+                }
+                self.forget_dma_if_empty();
+                return Err(setup(reason));
             }
         };
         log::info!("{}: {} at guest {}", host.id, host.bdf, format_args!("0000:00:{slot:02x}.0"));
@@ -449,14 +450,20 @@ impl VfioManager {
         }
         let host = d.host.clone();
         drop(d);
+        self.forget_dma_if_empty();
+        log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
+        Some(host)
+    }
+
+    /// With no device left the container has no group and no DMA mappings: the next attach
+    /// maps guest RAM again.
+    fn forget_dma_if_empty(&mut self) {
         if self.devices.is_empty() {
             if let Some(mapper) = self.dma_mapper.take() {
                 let _ = mapper.join();
             }
             self.platform.dma.reset();
         }
-        log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
-        Some(host)
     }
 
     /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).

@@ -30,7 +30,10 @@ qemu_cmd() {
         -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz"
 }
 
-for ((round = 1; round <= ROUNDS; round++)); do
+# BENCH_ONLY=boot|vf|hotplug runs one section.
+section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
+
+section boot && for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
     echo "BOOT vfvmm $round $(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
@@ -39,7 +42,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
 done
 
-for ((round = 1; round <= ROUNDS; round++)); do
+section boot && for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "elf-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|") --cmdline "$APPEND l2.action=poweroff" || true
     echo "BOOTELF vfvmm $round $(marker_ms "elf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
@@ -51,7 +54,7 @@ done
 vf_setup "$VF0"
 rtt() { sed -n 's/.*L2-RTT min=[0-9.]* avg=\([0-9.]*\) .*/\1/p' "$RESULTS/$1.log" | head -n 1; }
 VFARGS="$APPEND l2.vf=1 l2.ip=192.0.2.10 l2.pings=20 l2.action=poweroff"
-for ((round = 1; round <= ROUNDS; round++)); do
+section vf && for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "vf-vfvmm-$round" 400 -- $(vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0" --cmdline "$VFARGS" || true
     echo "BOOTVF vfvmm $round $(marker_ms "vf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
@@ -88,6 +91,7 @@ hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD... -- DETACH-CMD...
         wait_for_marker "$name" "L2-HOTPLUG-GONE round=$round" 120 || return
     done
 }
+section hotplug || exit 0
 SOCK=/tmp/bench-vfvmm.sock
 # shellcheck disable=SC2046
 vmm_start hp-vfvmm 900 -- $(vfvmm_cmd) --api-socket "path=$SOCK" --cmdline "$HPARGS"

@@ -23,7 +23,7 @@ vf_vm() {  # vf_vm NAME VF IP [extra vfvmm args...]; with --api-socket the guest
     RUST_LOG=info vmm_start "$name" 400 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
         --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M \
         --device "path=/sys/bus/pci/devices/$vf,id=vf0" "$@" \
-        --cmdline "$CMDLINE l2.vf=1 l2.ip=$ip l2.action=$action"
+        --cmdline "$CMDLINE l2.vf=1 l2.ip=$ip l2.action=$action l2.counter=${COUNTER:-0}"
 }
 
 vf_setup $VF0 $VF1
@@ -36,12 +36,15 @@ vmm_wait vf-reuse
 # The API with a VF attached at boot: info shows it Attached; pause/resume; shutdown-vmm.
 VFCTL=$(dirname "$VFVMM")/vfctl
 SOCK=/tmp/vfvmm-api.sock
-vf_vm vf-api $VF0 192.0.2.10 --api-socket "path=$SOCK"
+COUNTER=1 vf_vm vf-api $VF0 192.0.2.10 --api-socket "path=$SOCK"
 if wait_for_marker vf-api "L2-PING " 300; then
     "$VFCTL" --api-socket "$SOCK" --json info > "$RESULTS/vf-api.info" 2>&1
     "$VFCTL" --api-socket "$SOCK" info > "$RESULTS/vf-api.info-human" 2>&1
-    { "$VFCTL" --api-socket "$SOCK" pause; "$VFCTL" --api-socket "$SOCK" pause; echo "rc=$?"
-      "$VFCTL" --api-socket "$SOCK" resume; } > "$RESULTS/vf-api.pause" 2>&1
+    counters() { grep -c "L2-COUNTER" "$RESULTS/vf-api.log"; }
+    { "$VFCTL" --api-socket "$SOCK" pause; sleep 1; c0=$(counters); sleep 3; c1=$(counters)
+      "$VFCTL" --api-socket "$SOCK" pause; echo "rc=$?"
+      "$VFCTL" --api-socket "$SOCK" resume; sleep 3; c2=$(counters); } > "$RESULTS/vf-api.pause" 2>&1
+    echo "$c0 $c1 $c2" > "$RESULTS/vf-api.counters"
     "$VFCTL" --api-socket "$SOCK" shutdown-vmm > "$RESULTS/vf-api.shutdown" 2>&1
 fi
 vmm_wait vf-api

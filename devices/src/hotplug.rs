@@ -13,12 +13,10 @@ use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 use vmm_sys_util::eventfd::EventFd;
 
-pub const PCIU_OFFSET: PioAddressOffset = 0;
-pub const PCID_OFFSET: PioAddressOffset = 4;
-pub const B0EJ_OFFSET: PioAddressOffset = 8;
-pub const GED_EVENT_OFFSET: PioAddressOffset = 12;
-pub const GED_EVENT_PCI_HOTPLUG: u32 = 1 << 0;
-pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 1;
+// The layout is the DSDT's contract: one definition, in `arch`.
+pub use arch::acpi_hotplug::{
+    B0EJ_OFFSET, GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, PCID_OFFSET, PCIU_OFFSET,
+};
 
 pub struct HotplugRegisters {
     up: u32,

@@ -71,41 +71,54 @@ VFCTL=$(dirname "$VFVMM")/vfctl
 GROUP=$(basename "$(readlink "/sys/bus/pci/devices/$VF0/iommu_group")")
 HPARGS="$APPEND l2.hotplug=3 l2.ip=192.0.2.10 l2.action=shell"
 marker_ns() { awk -v m="$2" 'index($0, m) { print $1; exit }' "$RESULTS/$1.markers"; }
-hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD... -- DETACH-CMD...
-    local name=$1 vmm=$2 round t0 t1 ms
-    shift 2
-    local attach=() detach=()
-    while [[ $1 != -- ]]; do attach+=("$1"); shift; done
-    shift
-    detach=("$@")
+# A sleep without forking (forks are slow in L1): read with a timeout on a silent fifo.
+mkfifo /tmp/bench-idle; exec 4<>/tmp/bench-idle
+nap() { read -r -t "$1" -u 4 || true; }
+# vf_free_ns: poll until the VF's /dev/vfio group can be opened again (nobody holds it).
+vf_free_ns() {
+    local deadline=$((SECONDS + 120))
+    while ((SECONDS < deadline)); do
+        if { exec 3<>"/dev/vfio/$GROUP"; } 2>/dev/null; then exec 3>&-; now_ns; return 0; fi
+        nap 0.005
+    done
+    return 1
+}
+hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD -- DETACH-CMD: each CMD is one string, eval'd
+    local name=$1 vmm=$2 attach=$3 detach=$5 round t0 t1
     wait_for_marker "$name" L2-READY-FOR-HOTPLUG 300 || return
     for round in 1 2 3; do
         t0=$(now_ns)
-        "${attach[@]}" > /dev/null 2>&1
+        eval "$attach"
         wait_for_marker "$name" "L2-HOTPLUG-PING round=$round" 300 || return
         t1=$(marker_ns "$name" "L2-HOTPLUG-BOUND round=$round")
         echo "ATTACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
-        "${detach[@]}" > /dev/null 2>&1
-        ms=$(python3 "$HERE/vfio-free.py" "$GROUP" 120 || echo NA)
-        echo "DETACH $vmm $round $ms" | tee -a "$out"
+        t0=$(now_ns)
+        eval "$detach"
+        t1=$(vf_free_ns) && echo "DETACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
         wait_for_marker "$name" "L2-HOTPLUG-GONE round=$round" 120 || return
     done
 }
-section hotplug || exit 0
 SOCK=/tmp/bench-vfvmm.sock
 # shellcheck disable=SC2046
 vmm_start hp-vfvmm 900 -- $(vfvmm_cmd) --api-socket "path=$SOCK" --cmdline "$HPARGS"
-hotplug_rounds hp-vfvmm vfvmm "$VFCTL" --api-socket "$SOCK" add-device "path=/sys/bus/pci/devices/$VF0,id=vf0" \
-    -- "$VFCTL" --api-socket "$SOCK" remove-device vf0
+hotplug_rounds hp-vfvmm vfvmm "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \
+    -- "\"$VFCTL\" --api-socket $SOCK remove-device vf0 >/dev/null"
 "$VFCTL" --api-socket "$SOCK" shutdown-vmm > /dev/null 2>&1
 vmm_wait hp-vfvmm
 
+# QEMU: one QMP connection made beforehand, commands written to it through a fifo.
 QMP=/tmp/bench-qemu.qmp
+mkfifo /tmp/bench-qmp-in
 # shellcheck disable=SC2046
 vmm_start hp-qemu 900 -- $(qemu_cmd) -device pcie-root-port,id=hprp,chassis=2,slot=2 \
     -qmp "unix:$QMP,server=on,wait=off" -append "$HPARGS"
-hotplug_rounds hp-qemu qemu python3 "$HERE/qmp.py" "$QMP" device_add "{\"driver\":\"vfio-pci\",\"host\":\"$VF0\",\"bus\":\"hprp\",\"id\":\"vf0\"}" \
-    -- python3 "$HERE/qmp.py" "$QMP" device_del '{"id":"vf0"}'
-python3 "$HERE/qmp.py" "$QMP" quit > /dev/null 2>&1
+for _ in $(seq 100); do [[ -S $QMP ]] && break; nap 0.1; done
+python3 "$HERE/qmp.py" "$QMP" --serve /tmp/bench-qmp-in > "$RESULTS/hp-qemu.qmp" 2>&1 &
+exec 5>/tmp/bench-qmp-in
+until grep -q QMP-READY "$RESULTS/hp-qemu.qmp" 2>/dev/null; do nap 0.1; done
+hotplug_rounds hp-qemu qemu "echo '{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"vfio-pci\",\"host\":\"$VF0\",\"bus\":\"hprp\",\"id\":\"vf0\"}}' >&5" \
+    -- "echo '{\"execute\":\"device_del\",\"arguments\":{\"id\":\"vf0\"}}' >&5"
+echo '{"execute":"quit"}' >&5
+exec 5>&-
 vmm_wait hp-qemu
 exit 0

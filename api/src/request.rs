@@ -74,8 +74,17 @@ fn json_body<'a, T: Deserialize<'a>>(endpoint: &str, body: &'a [u8]) -> Result<T
     serde_json::from_str(text).map_err(|e| bad(format!("{endpoint}: invalid body: {e}")))
 }
 
-fn valid_id(id: &str) -> bool {
+/// Device ids: 1-64 characters of `[A-Za-z0-9_-]` (the CLI and the API share this rule).
+pub fn valid_device_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A device path as given (CLI or API, with or without a trailing `/`) normalized, if it
+/// names something under `/sys/bus/pci/devices/`.
+pub fn normalize_device_path(path: &str) -> Option<&str> {
+    const PREFIX: &str = "/sys/bus/pci/devices/";
+    let trimmed = path.trim_end_matches('/');
+    (trimmed.starts_with(PREFIX) && trimmed.len() > PREFIX.len()).then_some(trimmed)
 }
 
 impl AddDevice {
@@ -93,16 +102,14 @@ impl AddDevice {
             return Err(bad("vm.add-device: x_nv_gpudirect_clique is not supported"));
         }
         if let Some(id) = &self.id {
-            if !valid_id(id) {
+            if !valid_device_id(id) {
                 return Err(bad(format!("vm.add-device: id '{id}' must be 1-64 characters of [A-Za-z0-9_-]")));
             }
         }
         // ch-remote sends the path as typed, often with a trailing slash.
-        let trimmed = self.path.trim_end_matches('/');
-        if !trimmed.starts_with("/sys/bus/pci/devices/") || trimmed.len() <= "/sys/bus/pci/devices/".len() {
-            return Err(bad(format!("vm.add-device: path '{}' is not under /sys/bus/pci/devices/", self.path)));
-        }
-        self.path = trimmed.to_string();
+        self.path = normalize_device_path(&self.path)
+            .ok_or_else(|| bad(format!("vm.add-device: path '{}' is not under /sys/bus/pci/devices/", self.path)))?
+            .to_string();
         Ok(self)
     }
 }

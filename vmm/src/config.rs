@@ -209,20 +209,14 @@ fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 fn parse_device(value: &str) -> Result<DeviceConfig, ConfigError> {
     let pairs = key_values("device", value, &["path", "id"], "path=PATH[,id=ID]")?;
     let path = required("device", &pairs, "path")?;
-    let normalized = path.trim_end_matches('/');
-    if !normalized.starts_with("/sys/bus/pci/devices/") || normalized.len() <= "/sys/bus/pci/devices/".len() {
-        return Err(ConfigError::InvalidDevicePath(path.to_string()));
-    }
+    let normalized =
+        api::request::normalize_device_path(path).ok_or_else(|| ConfigError::InvalidDevicePath(path.to_string()))?;
     let id = pairs.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
     if let Some(id) = &id {
-        if !valid_id(id) {
+        if !api::request::valid_device_id(id) {
             return Err(ConfigError::InvalidDeviceId(id.clone()));
         }
     }

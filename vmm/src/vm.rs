@@ -117,10 +117,11 @@ impl Vm {
 
     /// ACPI description of this VM.
     pub fn acpi_config(&self) -> arch::acpi::AcpiConfig {
+        let windows = self.pci_windows();
         arch::acpi::AcpiConfig {
             cpu_count: self.config.cpus,
-            pci_mmio32: (arch::layout::PCI_MMIO32_START, arch::layout::PCI_MMIO32_SIZE),
-            pci_mmio64: arch::layout::pci_mmio64_window(self.config.memory, self.phys_bits),
+            pci_mmio32: windows[0],
+            pci_mmio64: windows.get(1).copied(),
             hotplug: true,
         }
     }

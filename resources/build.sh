@@ -33,13 +33,16 @@ log() { [[ $QUIET == 1 ]] || echo "build.sh: $*" >&2; }
 die() { echo "build.sh: ERROR: $*" >&2; exit 1; }
 sha() { sha256sum "$@" | awk '{print $1}' | sha256sum | cut -c1-32; }
 
+# set -e alone ends the script without a word: say which command failed.
+trap 'echo "build.sh: ERROR: \"$BASH_COMMAND\" failed (line $LINENO)" >&2' ERR
+
 [[ $(id -u) == 0 ]] || die "must run as root (installs packages, writes $CACHE)"
 
 # ---------------------------------------------------------------- packages
 APT_UPDATED=0
 apt_update_once() {
     [[ $APT_UPDATED == 1 ]] && return
-    log "apt-get update"
+    log "apt-get update (package lists; 10-30 s) ..."
     apt-get update -qq >&2
     APT_UPDATED=1
 }
@@ -50,7 +53,8 @@ ensure_backports() {
         APT_UPDATED=0
     fi
 }
-pkg_version() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p'; }
+# Installed version of a package, or nothing (never fails: an absent package is not an error).
+pkg_version() { { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true; } | sed -n 's/^install ok installed //p'; }
 ensure_packages() {
     local p missing=() qv
     for p in busybox-static cpio kmod xz-utils zstd; do
@@ -60,12 +64,12 @@ ensure_packages() {
     # igb (82576 SR-IOV PF) needs QEMU >= 8; bookworm has 7.2, backports has 10.x.
     if [[ -z $qv ]] || dpkg --compare-versions "$qv" lt 1:8; then
         ensure_backports; apt_update_once
-        log "installing qemu-system-x86 from bookworm-backports (had: ${qv:-none})"
+        log "installing qemu-system-x86 10 from bookworm-backports (had: ${qv:-none}; ~60 MB, about 1 min) ..."
         apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >&2
     fi
     if ((${#missing[@]})); then
         apt_update_once
-        log "installing ${missing[*]}"
+        log "installing ${missing[*]} ..."
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     fi
     [[ -f $QBOOT ]] || die "$QBOOT missing (package qemu-system-data)"
@@ -93,7 +97,7 @@ resolve_kernel_deb() {
         f=$(find "$CACHE/debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -1)
     fi
     if [[ -z $f ]]; then
-        log "downloading $pkg"
+        log "downloading $pkg (about 106 MB) ..."
         local tmp; tmp=$(mktemp -d "$CACHE/dl.XXXXXX")
         chmod 755 "$tmp"; chown _apt "$tmp" 2>/dev/null || true   # let apt's sandbox user write
         (cd "$tmp" && apt-get download -q -t bookworm-backports "$pkg" >&2)
@@ -111,7 +115,7 @@ ensure_kernel_tree() {
     [[ -n ${KTREE:-} ]] && return
     KTREE=$CACHE/kernel
     if [[ $(cat "$KTREE.stamp" 2>/dev/null) != "$KID" ]]; then
-        log "unpacking $KID"
+        log "unpacking $KID (about 10 s) ..."
         rm -rf "$KTREE" "$KTREE.stamp"
         dpkg -x "$KDEB" "$KTREE.tmp"
         mv "$KTREE.tmp" "$KTREE"
@@ -181,6 +185,7 @@ build_initramfs() {
     index_modules
     SEEN=(); ORDER=()
     for m in "$@"; do resolve_module "$m"; done
+    log "building $(basename "$out") (busybox + ${#ORDER[@]} modules; a few seconds) ..."
     stage=$(mktemp -d "$CACHE/stage.XXXXXX")
     mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,root,host,lib/modules}
     cp /bin/busybox "$stage/bin/busybox"

@@ -7,7 +7,8 @@
 # Writes RESULTS_DIR/l1-console.log (console, CR stripped), l1-exit-code, l1-start (epoch ns of
 # QEMU start), l1-markers ("<epoch-ns> L1-..." per marker line, L0 clock).
 # Exit: the script's exit code; 124 on timeout; 125 if L1 printed no L1-SCRIPT-EXIT marker.
-# Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 2), VFVMM_SKIP_BUILD=1,
+# Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 1), VFVMM_L1_ACCEL (default
+#      tcg: single-threaded TCG; see tests/testbed/README.md, "Stability"), VFVMM_SKIP_BUILD=1,
 #      VFVMM_9P_CACHE (9p cache mode of the read-only shares in L1: loose (default) or none).
 set -euo pipefail
 
@@ -19,7 +20,10 @@ TIMEOUT=${3:-600}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
-SMP=${VFVMM_L1_SMP:-2}
+# One L1 CPU under single-threaded TCG: with multi-threaded TCG and 2 L1 CPUs, L2 guests (under
+# QEMU as much as under vfvmm) reset or stall at random and L1 itself wedges (RCU stalls).
+SMP=${VFVMM_L1_SMP:-1}
+ACCEL=${VFVMM_L1_ACCEL:-tcg}
 
 if [[ $SCRIPT != shell ]]; then
     [[ $SCRIPT == /* ]] || { echo "run-l1.sh: SCRIPT must be an absolute path" >&2; exit 2; }
@@ -50,7 +54,7 @@ APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REP
 APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-loose}"
 [[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
 QEMU=(qemu-system-x86_64
-    -accel tcg,thread=multi -cpu max -M q35 -m 2048 -smp "$SMP"
+    -accel "$ACCEL" -cpu max -M q35 -m 2048 -smp "$SMP"
     -nographic -no-reboot -nodefaults -serial stdio
     -device intel-iommu
     -device pcie-root-port,id=rp1,slot=1,chassis=1

@@ -1,0 +1,79 @@
+#!/bin/bash
+# Scenario (runs in L1): boot the demo's L2 guest (VF0 at boot, ping the PF, power off) many
+# times in one L1 run, with vfvmm and QEMU as L2 VMM interleaved, and record each outcome.
+# Parameters (optional file $RESULTS/params, KEY=VALUE lines, written by the caller on L0):
+#   STAB_RUNS   boots per VMM (default 20)
+#   STAB_VMMS   VMMs to alternate, from: vfvmm qemu (default "vfvmm qemu")
+#   STAB_CPUS   L2 vCPUs (default 2)
+#   STAB_TIMEOUT  seconds one L2 boot may take (default 240)
+# Writes $RESULTS/stability.txt: one line per boot
+#   STAB vmm=<v> run=<i> outcome=ok|reset|stall|noping|error rc=<rc> init_ms=<ms|?> total_ms=<ms>
+# and a closing line "STAB-SUMMARY <vmm> ok=<n> fail=<n>" per VMM.
+set -uo pipefail
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
+STAB_RUNS=20 STAB_VMMS="vfvmm qemu" STAB_CPUS=2 STAB_TIMEOUT=240
+if [[ -f $RESULTS/params ]]; then
+    while IFS='=' read -r k v; do
+        case $k in STAB_RUNS | STAB_VMMS | STAB_CPUS | STAB_TIMEOUT) printf -v "$k" '%s' "$v" ;; esac
+    done < "$RESULTS/params"
+fi
+VF0=0000:01:10.0
+TESTBED_ECHO=0
+CMDLINE="console=ttyS0 panic=-1 l2.vf=1 l2.ip=192.0.2.10 l2.action=poweroff"
+OUT=$RESULTS/stability.txt
+: > "$OUT"
+echo "L1-STABILITY runs=$STAB_RUNS vmms=$STAB_VMMS l2_cpus=$STAB_CPUS nproc=$(nproc)"
+vf_setup $VF0
+
+boot() {  # boot VMM NAME
+    case $1 in
+        vfvmm) vmm_start "$2" "$STAB_TIMEOUT" -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+            --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus "boot=$STAB_CPUS" --memory size=256M \
+            --device "path=/sys/bus/pci/devices/$VF0,id=vf0" --cmdline "$CMDLINE" ;;
+        qemu) vmm_start "$2" "$STAB_TIMEOUT" -- qemu-system-x86_64 -enable-kvm -cpu host -M q35 \
+            -m 256 -smp "$STAB_CPUS" -nographic -nodefaults -no-reboot -serial stdio \
+            -bios /usr/share/qemu/qboot.rom -device "vfio-pci,host=$VF0" \
+            -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz" -append "$CMDLINE" ;;
+    esac
+}
+
+declare -A OK=() FAIL=()
+for ((i = 1; i <= STAB_RUNS; i++)); do
+    for vmm in $STAB_VMMS; do
+        name=$vmm-$i
+        t0=$(now_ns)
+        boot "$vmm" "$name"
+        rc=0
+        vmm_wait "$name" 2>/dev/null || rc=$?
+        t1=$(now_ns)
+        log=$RESULTS/$name.log
+        # A clean boot reaches /init, pings 3/3 through the VF and powers off (QEMU runs with
+        # -no-reboot, so a guest reset also exits 0 there: the markers decide).
+        if [[ $rc == 124 || $rc == 137 ]]; then outcome=stall
+        elif ! grep -qa '^L2-ACTION poweroff' "$log"; then
+            if [[ $rc == 3 || $rc == 0 ]]; then outcome=reset; else outcome=error; fi
+        elif ! grep -qa '^L2-PING sent=3 received=3' "$log"; then outcome=noping
+        elif [[ $rc != 0 ]]; then outcome=error
+        else outcome=ok
+        fi
+        init=$(marker_ms "$name" L2-INIT-START || echo '?')
+        line="STAB vmm=$vmm run=$i outcome=$outcome rc=$rc init_ms=$init total_ms=$(((t1 - t0) / 1000000))"
+        echo "$line" >> "$OUT"
+        echo "L1-$line"
+        if [[ $outcome == ok ]]; then
+            OK[$vmm]=$((${OK[$vmm]:-0} + 1))
+            rm -f "$log"   # keep the logs of failures only
+        else
+            FAIL[$vmm]=$((${FAIL[$vmm]:-0} + 1))
+            echo "L1-STAB-FAIL-TAIL $name: $(tail -n 3 "$log" | tr '\n' '|')"
+        fi
+    done
+done
+for vmm in $STAB_VMMS; do
+    echo "STAB-SUMMARY $vmm ok=${OK[$vmm]:-0} fail=${FAIL[$vmm]:-0}" | tee -a "$OUT"
+done
+exit 0

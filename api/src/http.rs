@@ -161,7 +161,8 @@ mod tests {
         let r = parse_request(full).unwrap().unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", "/api/v1/vm.remove-device"));
         assert_eq!(r.body, b"{\"id\":\"vf0\"}");
-        let ping = parse_request(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").unwrap().unwrap();
+        let ping =
+            parse_request(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").unwrap().unwrap();
         assert!(ping.body.is_empty());
     }
 
@@ -175,7 +176,10 @@ mod tests {
             (b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(), HttpError::ContentLength),
             (b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), HttpError::ContentLength),
             (b"PUT /x HTTP/1.1\r\nContent-Length: 999999\r\n\r\n".to_vec(), HttpError::BodyTooLarge),
-            (b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nab".to_vec(), HttpError::Malformed("more bytes than Content-Length (one request per connection)".into())),
+            (
+                b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\n\r\nab".to_vec(),
+                HttpError::Malformed("more bytes than Content-Length (one request per connection)".into()),
+            ),
         ];
         for (bytes, want) in cases {
             assert_eq!(parse_request(&bytes), Err(want.clone()), "{:?}", String::from_utf8_lossy(&bytes));
@@ -204,6 +208,8 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 404 \r\n"), "{text}");
         assert!(text.contains("Content-Length: 17\r\n\r\n[\"no device 'x'\"]"), "{text}");
         let text = String::from_utf8(Response::no_content().to_bytes()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 204 \r\n") && !text.contains("Content-Length") && text.ends_with("\r\n\r\n"));
+        assert!(
+            text.starts_with("HTTP/1.1 204 \r\n") && !text.contains("Content-Length") && text.ends_with("\r\n\r\n")
+        );
     }
 }

@@ -11,5 +11,5 @@ pub mod request;
 pub mod server;
 
 pub use http::{parse_request, HttpError, HttpRequest, Response};
-pub use request::{route, AddDevice, ApiError, ApiRequest};
+pub use request::{route, AddDevice, ApiError, ApiRequest, Refusal};
 pub use server::{ApiMessage, ApiReceiver, ApiServer, ApiServerError};

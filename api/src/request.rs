@@ -8,7 +8,7 @@ use crate::http::HttpRequest;
 pub const API_PREFIX: &str = "/api/v1/";
 
 /// Every route served, `(method, endpoint)`; the OpenAPI file must list exactly these.
-pub const ROUTES: [(&str, &str); 8] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("GET", "vmm.ping"),
     ("PUT", "vmm.shutdown"),
     ("GET", "vm.info"),
@@ -17,6 +17,8 @@ pub const ROUTES: [(&str, &str); 8] = [
     ("PUT", "vm.pause"),
     ("PUT", "vm.resume"),
     ("PUT", "vm.shutdown"),
+    ("PUT", "vm.release-device"),
+    ("PUT", "vm.acquire-device"),
 ];
 
 /// `vm.add-device`. Cloud Hypervisor's extra fields are accepted at their defaults only.
@@ -42,16 +44,69 @@ struct RemoveDeviceBody {
     id: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireDeviceBody {
+    id: String,
+    #[serde(default)]
+    path: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
     VmmPing,
     VmmShutdown,
     VmInfo,
     VmAddDevice(AddDevice),
-    VmRemoveDevice { id: String },
+    VmRemoveDevice {
+        id: String,
+    },
     VmPause,
     VmResume,
     VmShutdown,
+    /// While paused: let go of a device's host side (the guest keeps the device).
+    VmReleaseDevice {
+        id: String,
+    },
+    /// While paused: take a released device back, at its path or at `path`.
+    VmAcquireDevice {
+        id: String,
+        path: Option<String>,
+    },
+}
+
+/// Why the VMM refused a request. The VMM says what went wrong; the HTTP status for each kind
+/// is decided here only ([`Refusal::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed or unusable input (400).
+    BadRequest,
+    /// No such device or host device (404).
+    NotFound,
+    /// The request is not allowed in the VM's state (405, as Cloud Hypervisor answers).
+    WrongVmState,
+    /// Conflicts with a device's state or another device (409).
+    Conflict,
+    /// The VMM failed (500).
+    Internal,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::BadRequest => 400,
+            Refusal::NotFound => 404,
+            Refusal::WrongVmState => 405,
+            Refusal::Conflict => 409,
+            Refusal::Internal => 500,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn refused(kind: Refusal, message: impl Into<String>) -> Self {
+        ApiError { status: kind.status(), message: message.into() }
+    }
 }
 
 /// A request the API refuses, with its HTTP status.
@@ -85,6 +140,14 @@ pub fn normalize_device_path(path: &str) -> Option<&str> {
     const PREFIX: &str = "/sys/bus/pci/devices/";
     let trimmed = path.trim_end_matches('/');
     (trimmed.starts_with(PREFIX) && trimmed.len() > PREFIX.len()).then_some(trimmed)
+}
+
+fn checked_id(endpoint: &str, id: String) -> Result<String, ApiError> {
+    if valid_device_id(&id) {
+        Ok(id)
+    } else {
+        Err(bad(format!("{endpoint}: id '{id}' must be 1-64 characters of [A-Za-z0-9_-]")))
+    }
 }
 
 impl AddDevice {
@@ -142,6 +205,22 @@ pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
         "vm.remove-device" => {
             let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;
             Ok(ApiRequest::VmRemoveDevice { id: body.id })
+        }
+        "vm.release-device" => {
+            let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;
+            Ok(ApiRequest::VmReleaseDevice { id: checked_id(endpoint, body.id)? })
+        }
+        "vm.acquire-device" => {
+            let body: AcquireDeviceBody = json_body(endpoint, &req.body)?;
+            let path = match body.path {
+                Some(p) => Some(
+                    normalize_device_path(&p)
+                        .ok_or_else(|| bad(format!("{endpoint}: path '{p}' is not under /sys/bus/pci/devices/")))?
+                        .to_string(),
+                ),
+                None => None,
+            };
+            Ok(ApiRequest::VmAcquireDevice { id: checked_id(endpoint, body.id)?, path })
         }
         _ => Err(ApiError { status: 404, message: format!("no such endpoint: {}", req.path) }),
     }

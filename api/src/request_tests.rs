@@ -117,3 +117,40 @@ fn openapi_file_lists_exactly_the_served_routes() {
     served.sort();
     assert_eq!(documented, served);
 }
+
+#[test]
+fn release_and_acquire_routes() {
+    assert_eq!(
+        route(&req("PUT", "/api/v1/vm.release-device", r#"{"id":"vf0"}"#)),
+        Ok(ApiRequest::VmReleaseDevice { id: "vf0".into() })
+    );
+    assert_eq!(
+        route(&req("PUT", "/api/v1/vm.acquire-device", r#"{"id":"vf0"}"#)),
+        Ok(ApiRequest::VmAcquireDevice { id: "vf0".into(), path: None })
+    );
+    assert_eq!(
+        route(&req("PUT", "/api/v1/vm.acquire-device", r#"{"id":"vf0","path":"/sys/bus/pci/devices/0000:01:10.4/"}"#)),
+        Ok(ApiRequest::VmAcquireDevice { id: "vf0".into(), path: Some("/sys/bus/pci/devices/0000:01:10.4".into()) })
+    );
+    for (path, body, want) in [
+        ("vm.release-device", r#"{"id":"../x"}"#, "must be 1-64 characters"),
+        ("vm.release-device", r#"{}"#, "missing field `id`"),
+        ("vm.acquire-device", r#"{"id":"vf0","path":"/etc/passwd"}"#, "not under /sys/bus/pci/devices/"),
+        ("vm.acquire-device", r#"{"id":"vf0","force":true}"#, "unknown field `force`"),
+    ] {
+        let e = route(&req("PUT", &format!("/api/v1/{path}"), body)).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains(want), "{path} {body}: {}", e.message);
+    }
+}
+
+#[test]
+fn refusal_kinds_map_to_cloud_hypervisor_statuses() {
+    let statuses: Vec<u16> =
+        [Refusal::BadRequest, Refusal::NotFound, Refusal::WrongVmState, Refusal::Conflict, Refusal::Internal]
+            .iter()
+            .map(|r| r.status())
+            .collect();
+    assert_eq!(statuses, [400, 404, 405, 409, 500]);
+    assert_eq!(ApiError::refused(Refusal::Conflict, "x"), ApiError { status: 409, message: "x".into() });
+}

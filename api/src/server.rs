@@ -135,9 +135,7 @@ fn ask_vmm(request: ApiRequest, tx: &Sender<ApiMessage>, wake: &EventFd) -> Resp
     if tx.send(ApiMessage { request, reply: reply_tx }).is_err() || wake.write(1).is_err() {
         return Response::error(503, "the VMM is shutting down");
     }
-    reply_rx
-        .recv_timeout(REPLY_TIMEOUT)
-        .unwrap_or_else(|_| Response::error(500, "the VMM did not answer in time"))
+    reply_rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| Response::error(500, "the VMM did not answer in time"))
 }
 
 #[cfg(test)]

@@ -55,13 +55,7 @@ pub fn dsdt(cfg: &AcpiConfig, pci_children: &[&dyn Aml]) -> Vec<u8> {
         None,
     );
     let mmio64 = cfg.pci_mmio64.map(|(start, size)| {
-        aml::AddressSpace::new_memory(
-            AddressSpaceCacheable::NotCacheable,
-            true,
-            start,
-            start + size - 1,
-            None,
-        )
+        aml::AddressSpace::new_memory(AddressSpaceCacheable::NotCacheable, true, start, start + size - 1, None)
     });
     let mut crs: Vec<&dyn Aml> = vec![&bus, &cfg_ports, &io_low, &io_high, &mmio32];
     if let Some(m) = &mmio64 {
@@ -138,12 +132,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 }
 
 fn madt(cpu_count: u8) -> Vec<u8> {
-    let mut m = MADT::new(
-        OEM_ID,
-        OEM_TABLE_ID,
-        OEM_REVISION,
-        LocalInterruptController::Address(APIC_START as u32),
-    );
+    let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(APIC_START as u32));
     for cpu in 0..cpu_count {
         m.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
@@ -202,11 +191,7 @@ pub fn build_tables(cfg: &AcpiConfig, pci_children: &[&dyn Aml]) -> Result<Vec<(
 }
 
 /// Writes all tables into guest memory; returns the RSDP address.
-pub fn write_tables<M: GuestMemory>(
-    mem: &M,
-    cfg: &AcpiConfig,
-    pci_children: &[&dyn Aml],
-) -> Result<u64, AcpiError> {
+pub fn write_tables<M: GuestMemory>(mem: &M, cfg: &AcpiConfig, pci_children: &[&dyn Aml]) -> Result<u64, AcpiError> {
     for (addr, bytes) in build_tables(cfg, pci_children)? {
         mem.write_slice(&bytes, GuestAddress(addr)).map_err(AcpiError::Write)?;
     }
@@ -344,7 +329,16 @@ mod tests {
                 assert!(dsl.contains("PNP0A08"), "{dsl}");
                 assert!(dsl.contains("PNP0501"), "{dsl}");
                 assert!(dsl.contains("Name (_S5,"), "{dsl}");
-                for needle in ["ACPI0013", "Method (_EVT, 1, Serialized)", "Device (SL1F)", "Method (_EJ0, 1", "PCNT ()", "Notify (SL05, 0x03)", "Notify (\\_SB.PWRB, 0x80)", "B0EJ = (One << Arg0)"] {
+                for needle in [
+                    "ACPI0013",
+                    "Method (_EVT, 1, Serialized)",
+                    "Device (SL1F)",
+                    "Method (_EJ0, 1",
+                    "PCNT ()",
+                    "Notify (SL05, 0x03)",
+                    "Notify (\\_SB.PWRB, 0x80)",
+                    "B0EJ = (One << Arg0)",
+                ] {
                     assert!(dsl.contains(needle), "DSDT lacks {needle}:\n{dsl}");
                 }
             }

@@ -68,7 +68,11 @@ pub fn pci_hotplug_aml() -> RawAml {
         aml::FieldAccessType::DWord,
         aml::FieldLockRule::NoLock,
         aml::FieldUpdateRule::WriteAsZeroes,
-        vec![aml::FieldEntry::Named(*b"PCIU", 32), aml::FieldEntry::Named(*b"PCID", 32), aml::FieldEntry::Named(*b"B0EJ", 32)],
+        vec![
+            aml::FieldEntry::Named(*b"PCIU", 32),
+            aml::FieldEntry::Named(*b"PCID", 32),
+            aml::FieldEntry::Named(*b"B0EJ", 32),
+        ],
     )));
     // PCEJ(slot): B0EJ = 1 << slot
     let b0ej = aml::Path::new("B0EJ");

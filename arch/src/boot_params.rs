@@ -92,17 +92,9 @@ pub fn build_boot_params(input: &BootParamsInput) -> Result<boot_params, BootPar
 
 /// Where to put an initramfs of `size` bytes: as high as allowed, page aligned, below the
 /// 32-bit hole, the kernel's `initrd_addr_max`, and above `kernel_end`.
-pub fn initrd_address(
-    mem_size: u64,
-    size: u64,
-    initrd_addr_max: Option<u32>,
-    kernel_end: u64,
-) -> Option<u64> {
+pub fn initrd_address(mem_size: u64, size: u64, initrd_addr_max: Option<u32>, kernel_end: u64) -> Option<u64> {
     // Boot protocol: initrd_addr_max is the highest address the *last byte* may occupy.
-    let max_end = initrd_addr_max
-        .filter(|&m| m != 0)
-        .map(|m| u64::from(m) + 1)
-        .unwrap_or(0x3800_0000);
+    let max_end = initrd_addr_max.filter(|&m| m != 0).map(|m| u64::from(m) + 1).unwrap_or(0x3800_0000);
     let end = low_ram_end(mem_size).min(max_end);
     let start = end.checked_sub(size)? & !0xfff;
     (start >= kernel_end && start >= HIMEM_START).then_some(start)
@@ -113,16 +105,12 @@ mod tests {
     use super::*;
 
     fn entries(p: &boot_params) -> Vec<(u64, u64, u32)> {
-        p.e820_table[..p.e820_entries as usize]
-            .iter()
-            .map(|e| (e.addr, e.size, e.r#type))
-            .collect()
+        p.e820_table[..p.e820_entries as usize].iter().map(|e| (e.addr, e.size, e.r#type)).collect()
     }
 
     #[test]
     fn e820_small_guest() {
-        let p = build_boot_params(&BootParamsInput { mem_size: 256 << 20, ..Default::default() })
-            .unwrap();
+        let p = build_boot_params(&BootParamsInput { mem_size: 256 << 20, ..Default::default() }).unwrap();
         assert_eq!(
             entries(&p),
             vec![
@@ -135,8 +123,7 @@ mod tests {
 
     #[test]
     fn e820_large_guest_has_ram_above_4g_and_a_hole() {
-        let p = build_boot_params(&BootParamsInput { mem_size: 6 << 30, ..Default::default() })
-            .unwrap();
+        let p = build_boot_params(&BootParamsInput { mem_size: 6 << 30, ..Default::default() }).unwrap();
         let e = entries(&p);
         assert_eq!(e[1], (0x100000, 0xc000_0000 - 0x100000, E820_RAM));
         assert_eq!(e[3], (0x1_0000_0000, (6u64 << 30) - 0xc000_0000, E820_RAM));

@@ -79,10 +79,7 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MEM_32BIT_HOLE_START {
         vec![(0, mem_size)]
     } else {
-        vec![
-            (0, MEM_32BIT_HOLE_START),
-            (RAM_64BIT_START, mem_size - MEM_32BIT_HOLE_START),
-        ]
+        vec![(0, MEM_32BIT_HOLE_START), (RAM_64BIT_START, mem_size - MEM_32BIT_HOLE_START)]
     }
 }
 
@@ -94,11 +91,7 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
 /// The 64-bit PCI window: above all RAM, aligned to its own size, and inside the guest's
 /// physical address space (`phys_bits`). `None` when it does not fit.
 pub fn pci_mmio64_window(mem_size: u64, phys_bits: u8) -> Option<(u64, u64)> {
-    let ram_top = ram_ranges(mem_size)
-        .last()
-        .map(|(start, size)| start + size)
-        .unwrap_or(0)
-        .max(RAM_64BIT_START);
+    let ram_top = ram_ranges(mem_size).last().map(|(start, size)| start + size).unwrap_or(0).max(RAM_64BIT_START);
     let start = ram_top.checked_next_multiple_of(PCI_MMIO64_SIZE)?;
     let end = start.checked_add(PCI_MMIO64_SIZE)?;
     let limit = 1u64.checked_shl(u32::from(phys_bits))?;
@@ -114,9 +107,7 @@ pub fn pci_windows(mem_size: u64, phys_bits: u8) -> Vec<(u64, u64)> {
 pub fn max_memory(phys_bits: u8) -> u64 {
     let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
     // RAM above 4 GiB + hole + 64-bit window (aligned) must stay below the limit.
-    limit
-        .saturating_sub(2 * PCI_MMIO64_SIZE)
-        .saturating_sub(RAM_64BIT_START - MEM_32BIT_HOLE_START)
+    limit.saturating_sub(2 * PCI_MMIO64_SIZE).saturating_sub(RAM_64BIT_START - MEM_32BIT_HOLE_START)
 }
 
 #[cfg(test)]

@@ -66,20 +66,15 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
 /// Writes the GDT, an empty IDT and identity page tables for the first GiB (2 MiB pages).
 pub fn write_boot_structures<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
     for (i, entry) in BOOT_GDT.iter().enumerate() {
-        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64))
-            .map_err(RegsError::WriteDescriptorTables)?;
+        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + 8 * i as u64)).map_err(RegsError::WriteDescriptorTables)?;
     }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
-        .map_err(RegsError::WriteDescriptorTables)?;
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)).map_err(RegsError::WriteDescriptorTables)?;
 
     // PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] -> 2 MiB page i (present | rw | ps).
-    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
-        .map_err(RegsError::WritePageTables)?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
-        .map_err(RegsError::WritePageTables)?;
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)).map_err(RegsError::WritePageTables)?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)).map_err(RegsError::WritePageTables)?;
     for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))
-            .map_err(RegsError::WritePageTables)?;
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8)).map_err(RegsError::WritePageTables)?;
     }
     Ok(())
 }
@@ -90,18 +85,21 @@ pub fn write_boot_structures<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
 pub fn reset_vector_stub() -> [u8; 9] {
     let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
     [
-        0xba, port_lo, port_hi, // mov dx, ACPI_RESET_PORT
-        0xb0, ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
-        0xee, // out dx, al
-        0xf4, // hlt
-        0xeb, 0xfd, // jmp short to the hlt
+        0xba,
+        port_lo,
+        port_hi, // mov dx, ACPI_RESET_PORT
+        0xb0,
+        ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
+        0xee,             // out dx, al
+        0xf4,             // hlt
+        0xeb,
+        0xfd, // jmp short to the hlt
     ]
 }
 
 /// Writes [`reset_vector_stub`] at the reset vector.
 pub fn write_reset_vector<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
-    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))
-        .map_err(RegsError::WriteDescriptorTables)
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR)).map_err(RegsError::WriteDescriptorTables)
 }
 
 /// Special registers for the 64-bit entry: long mode, paging on, flat segments.

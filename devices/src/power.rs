@@ -104,11 +104,7 @@ mod tests {
     fn evts() -> (PowerEvents, EventFd, EventFd) {
         let off = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let rst = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        (
-            PowerEvents { power_off: off.try_clone().unwrap(), reset: rst.try_clone().unwrap() },
-            off,
-            rst,
-        )
+        (PowerEvents { power_off: off.try_clone().unwrap(), reset: rst.try_clone().unwrap() }, off, rst)
     }
 
     #[test]

@@ -43,9 +43,7 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(interrupt: EventFd, rx_space: EventFd, out: SerialOut) -> Self {
-        Self {
-            uart: Serial::with_events(EventFdTrigger(interrupt), RxSpaceEvents { rx_space }, out),
-        }
+        Self { uart: Serial::with_events(EventFdTrigger(interrupt), RxSpaceEvents { rx_space }, out) }
     }
 
     /// Queues host input for the guest; returns how many bytes fit (0 when the FIFO is full).

@@ -62,9 +62,7 @@ impl PciBus {
 
     /// Plugs `device` into the lowest free slot and returns it.
     pub fn add_device(&mut self, device: SharedDevice) -> Result<u8, PciBusError> {
-        let slot = (0..NUM_SLOTS)
-            .find(|s| !self.devices.contains_key(s))
-            .ok_or(PciBusError::NoFreeSlot)?;
+        let slot = (0..NUM_SLOTS).find(|s| !self.devices.contains_key(s)).ok_or(PciBusError::NoFreeSlot)?;
         self.add_device_at(slot, device)?;
         Ok(slot)
     }

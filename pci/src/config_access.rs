@@ -122,14 +122,8 @@ mod tests {
     #[test]
     fn cf8_decoding() {
         assert_eq!(decode_cf8(0x0000_0000), None);
-        assert_eq!(
-            decode_cf8(0x8001_0a0c),
-            Some(ConfigAddress { bus: 1, device: 1, function: 2, register: 3 })
-        );
-        assert_eq!(
-            decode_cf8(0x80ff_fffc),
-            Some(ConfigAddress { bus: 0xff, device: 31, function: 7, register: 63 })
-        );
+        assert_eq!(decode_cf8(0x8001_0a0c), Some(ConfigAddress { bus: 1, device: 1, function: 2, register: 3 }));
+        assert_eq!(decode_cf8(0x80ff_fffc), Some(ConfigAddress { bus: 0xff, device: 31, function: 7, register: 63 }));
     }
 
     #[test]

@@ -45,9 +45,8 @@ impl PciConfiguration {
             | u32::from(id.revision);
         registers[REG_SUBSYSTEM] = u32::from(id.subsystem_id) << 16 | u32::from(id.subsystem_vendor_id);
         // Command register: I/O, memory, bus master, INTx disable are writable.
-        writable[REG_COMMAND_STATUS] = u32::from(
-            COMMAND_IO_SPACE | COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE,
-        );
+        writable[REG_COMMAND_STATUS] =
+            u32::from(COMMAND_IO_SPACE | COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE);
         // Cache line size and latency timer are plain read/write storage.
         writable[REG_HEADER] = 0x0000_ffff;
         Self { registers, writable }
@@ -60,8 +59,12 @@ impl PciConfiguration {
     /// Writes `data` (1, 2 or 4 bytes) at byte `offset` within register `reg`, honouring
     /// the writable mask. Out-of-range or misaligned accesses are ignored.
     pub fn write_reg(&mut self, reg: usize, offset: u64, data: &[u8]) {
-        let Some(mask) = self.writable.get(reg).copied() else { return };
-        let Some((value, shift, width_mask)) = merge_bytes(offset, data) else { return };
+        let Some(mask) = self.writable.get(reg).copied() else {
+            return;
+        };
+        let Some((value, shift, width_mask)) = merge_bytes(offset, data) else {
+            return;
+        };
         let field_mask = (width_mask << shift) & mask;
         let reg_value = &mut self.registers[reg];
         *reg_value = (*reg_value & !field_mask) | ((value << shift) & field_mask);

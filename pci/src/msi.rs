@@ -33,7 +33,11 @@ impl MsiCapability {
 
     /// Dword index (within the capability) of the Message Data register.
     fn data_dword(&self) -> usize {
-        if self.is_64bit { 3 } else { 2 }
+        if self.is_64bit {
+            3
+        } else {
+            2
+        }
     }
 
     fn mask_dword(&self) -> Option<usize> {

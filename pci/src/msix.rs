@@ -112,7 +112,12 @@ fn dword_access(offset: u64, len: usize) -> Option<(u64, usize)> {
 impl MsixState {
     pub fn new(vectors: u16) -> Self {
         let n = usize::from(vectors.clamp(1, MSIX_MAX_VECTORS));
-        Self { entries: vec![MsixEntry::default(); n], pending: vec![0; n.div_ceil(64)], enabled: false, function_mask: false }
+        Self {
+            entries: vec![MsixEntry::default(); n],
+            pending: vec![0; n.div_ceil(64)],
+            enabled: false,
+            function_mask: false,
+        }
     }
 
     pub fn vectors(&self) -> u16 {
@@ -173,7 +178,9 @@ impl MsixState {
     /// Guest read of the vector table.
     pub fn table_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        let Some((first, count)) = dword_access(offset, data.len()) else { return };
+        let Some((first, count)) = dword_access(offset, data.len()) else {
+            return;
+        };
         for i in 0..count {
             data[i * 4..i * 4 + 4].copy_from_slice(&self.dword(first + i as u64).to_le_bytes());
         }
@@ -181,7 +188,9 @@ impl MsixState {
 
     /// Guest write to the vector table; returns the vectors whose routing changed.
     pub fn table_write(&mut self, offset: u64, data: &[u8]) -> Vec<VectorChange> {
-        let Some((first, count)) = dword_access(offset, data.len()) else { return vec![] };
+        let Some((first, count)) = dword_access(offset, data.len()) else {
+            return vec![];
+        };
         let mut changes = Vec::new();
         for i in 0..count {
             let index = first + i as u64;
@@ -211,7 +220,9 @@ impl MsixState {
     /// Guest read of the PBA (writes to it are ignored).
     pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some((first, count)) = dword_access(offset, data.len()) else { return };
+        let Some((first, count)) = dword_access(offset, data.len()) else {
+            return;
+        };
         for i in 0..count {
             let dword_index = (first + i as u64) as usize;
             let qword = self.pending.get(dword_index / 2).copied().unwrap_or(0);
@@ -314,10 +325,16 @@ mod tests {
         program(&mut s, 0, 0xfee0_0000, 0x30);
         assert!(write32(&mut s, 12, 0).is_empty(), "MSI-X still disabled");
         let changes = s.set_control(MSIX_CONTROL_ENABLE);
-        assert_eq!(changes, vec![VectorChange::Route { vector: 0, message: MsiMessage { address: 0xfee0_0000, data: 0x30 } }]);
+        assert_eq!(
+            changes,
+            vec![VectorChange::Route { vector: 0, message: MsiMessage { address: 0xfee0_0000, data: 0x30 } }]
+        );
         assert_eq!(s.unmasked_vectors(), vec![0]);
         // Function mask masks everything that was live, and unmasking restores it.
-        assert_eq!(s.set_control(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK), vec![VectorChange::Mask { vector: 0 }]);
+        assert_eq!(
+            s.set_control(MSIX_CONTROL_ENABLE | MSIX_CONTROL_FUNCTION_MASK),
+            vec![VectorChange::Mask { vector: 0 }]
+        );
         assert_eq!(s.control() & MSIX_CONTROL_FUNCTION_MASK, MSIX_CONTROL_FUNCTION_MASK);
         assert_eq!(s.set_control(MSIX_CONTROL_ENABLE).len(), 1);
         assert_eq!(s.set_control(0), vec![VectorChange::Mask { vector: 0 }]);

@@ -1,11 +1,12 @@
 #!/bin/bash
 # make bench: one L1 run of tests/testbed/scenarios/bench-boot.sh; prints every run, the
-# medians and the vfvmm/QEMU ratios (boot to /init, with and without a VF; ping RTT via a VF).
+# medians and the vfvmm/QEMU ratios (boot to /init, with and without a VF; ping RTT via a VF;
+# hot-attach/detach), and reconfiguring a VM's PF by pause vs by detach.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 results=$(mktemp -d /tmp/vfvmm-bench.XXXXXX)
 echo "bench: results and logs in $results"
-# BENCH_ONLY=boot|vf|hotplug runs one section (scenarios/bench-SECTION-only.sh).
+# BENCH_ONLY=boot|vf|reconf|hotplug runs one section (scenarios/bench-SECTION-only.sh).
 scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
 [[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
 bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 >"$results/run-l1.out"
@@ -20,10 +21,24 @@ labels = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", 
           "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
           "DETACH": "hot-detach -> VF free on host (ms)"}
 optional = {"BOOTELF"}
-if len(sys.argv) > 2 and sys.argv[2] != "all":  # BENCH_ONLY: only that section's figures are required
-    only = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}}[sys.argv[2]]
+section = sys.argv[2] if len(sys.argv) > 2 else "all"
+if section != "all":  # BENCH_ONLY: only that section's figures are required
+    only = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set()}[section]
     optional |= set(labels) - only
 missing = False
+# Reconfiguring one vfvmm VM's PF (VF count through 0): by pause vs by detach.
+reconf = {k: runs.get((k, "vfvmm")) for k in ("RECONF_PAUSE", "RECONF_DETACH", "RP_PAUSE", "RP_NUMVFS", "RP_RESUME", "RP_GUEST")}
+if section in ("all", "reconf"):
+    for kind, label in (("RECONF_PAUSE", "reconfigure by pause (ms)"), ("RECONF_DETACH", "reconfigure by detach (ms)"),
+                        ("RP_PAUSE", "  pause: pause + release"), ("RP_NUMVFS", "  pause: VFs re-created"),
+                        ("RP_RESUME", "  pause: resume + re-acquire"), ("RP_GUEST", "  pause: guest traffic back")):
+        vals = reconf[kind]
+        print(f"{label:30s} vfvmm  runs={vals} median={statistics.median(vals):.0f}" if vals else f"{label:30s} vfvmm  no runs")
+    p, d = reconf["RECONF_PAUSE"], reconf["RECONF_DETACH"]
+    if p and d:
+        print(f"{'reconfigure':30s} ratio pause/detach = {statistics.median(p) / statistics.median(d):.2f}")
+    else:
+        missing = True
 for kind, label in labels.items():
     v, q = runs.get((kind, "vfvmm")), runs.get((kind, "qemu"))
     for vmm, vals in (("vfvmm", v), ("qemu", q)):

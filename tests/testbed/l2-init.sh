@@ -3,6 +3,61 @@
 # Prints one-line L2-* markers on the console for the tests to assert on.
 # Kernel command line: l2.input=1 (read one console line), l2.action=poweroff|reboot|shell.
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+
+# Helper mode (run from the guest's shell, not as PID 1), used by the demo over the console:
+#   /init vf-ping BDF IP [COUNT]   bring up the igbvf netdev of BDF with IP, ping the PF through
+#                                  it: "L2-VFPING bdf=BDF if=IF carrier=C received=N/COUNT rtt=MS"
+#   /init vf-list                  "L2-VFLIST BDF=IF ..." for every device igbvf has bound
+#   /init vf-wait-ping BDF SECS    ping the PF through BDF's netdev once a second until a reply:
+#                                  "L2-VFWAIT bdf=BDF ok=0|1 ms=<since the call> tries=N"
+#   /init vf-state BDF             "L2-VFSTATE bdf=BDF if=IF ifindex=N carrier=C pcidevs=N
+#                                  removed=N" (removed: kernel log lines about removed devices)
+if [ $$ != 1 ] && [ $# -gt 0 ]; then
+    case $1 in
+        vf-list)
+            out=
+            for n in /sys/bus/pci/drivers/igbvf/0000:*/net/*; do
+                [ -e "$n" ] || continue
+                d=${n%/net/*}; out="$out ${d##*/}=${n##*/}"
+            done
+            echo "L2-VFLIST$out" ;;
+        vf-ping)
+            bdf=$2 ip=$3 count=${4:-3} ifname=
+            for n in /sys/bus/pci/drivers/igbvf/"$bdf"/net/*; do [ -e "$n" ] && ifname=${n##*/}; done
+            if [ -z "$ifname" ]; then echo "L2-VFPING bdf=$bdf if=none carrier=0 received=0/$count rtt=-"; exit 1; fi
+            ip link set "$ifname" up
+            ip addr add "$ip/24" dev "$ifname" 2>/dev/null
+            i=0
+            while [ "$(cat "/sys/class/net/$ifname/carrier" 2>/dev/null)" != 1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+            out=$(ping -I "$ifname" -c "$count" -i 0.2 -W 3 192.0.2.1 2>&1)
+            rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+            rtt=$(echo "$out" | sed -n 's|^round-trip min/avg/max = [0-9.]*/\([0-9.]*\)/.*|\1|p')
+            echo "L2-VFPING bdf=$bdf if=$ifname carrier=$(cat "/sys/class/net/$ifname/carrier" 2>/dev/null) received=${rx:-0}/$count rtt=${rtt:--}"
+            [ "${rx:-0}" = "$count" ] ;;
+        vf-wait-ping)
+            bdf=$2 secs=${3:-30} ifname= tries=0 ok=0
+            for n in /sys/bus/pci/drivers/igbvf/"$bdf"/net/*; do [ -e "$n" ] && ifname=${n##*/}; done
+            read -r t0 _ </proc/uptime
+            while [ -n "$ifname" ] && [ $tries -lt "$secs" ]; do
+                tries=$((tries + 1))
+                if ping -I "$ifname" -c 1 -W 1 192.0.2.1 >/dev/null 2>&1; then ok=1; break; fi
+            done
+            read -r t1 _ </proc/uptime
+            ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", (b - a) * 1000 }')
+            echo "L2-VFWAIT bdf=$bdf ok=$ok ms=$ms tries=$tries"
+            [ $ok = 1 ] ;;
+        vf-state)
+            bdf=$2 ifname=
+            for n in /sys/bus/pci/drivers/igbvf/"$bdf"/net/*; do [ -e "$n" ] && ifname=${n##*/}; done
+            ndev=0
+            for d in /sys/bus/pci/devices/*; do [ -e "$d" ] && ndev=$((ndev + 1)); done
+            removed=$(dmesg | grep -ciE 'remov|hot.?unplug|surprise|unplugged')
+            echo "L2-VFSTATE bdf=$bdf if=${ifname:-none} ifindex=$(cat "/sys/class/net/$ifname/ifindex" 2>/dev/null) carrier=$(cat "/sys/class/net/$ifname/carrier" 2>/dev/null) pcidevs=$ndev removed=$removed" ;;
+        *) echo "usage: /init vf-list | vf-ping BDF IP [COUNT] | vf-wait-ping BDF SECS | vf-state BDF" >&2; exit 2 ;;
+    esac
+    exit
+fi
+
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

@@ -64,7 +64,7 @@ vmm_start() {
     [[ ${1:-} == -- ]] && shift
     (($#)) || { tb_log "vmm_start $name: no command"; return 2; }
     local in=$TESTBED_RUN/$name.in out=$TESTBED_RUN/$name.out fd
-    rm -f "$in" "$out" "$RESULTS/$name".{start,first,log,err,markers,end,rc}
+    rm -f "$in" "$out" "$RESULTS/$name".{start,first,log,err,markers,end,rc} "$TESTBED_RUN/$name.seq"
     mkfifo "$in" "$out"
     exec {fd}<>"$in"           # our own reader+writer: opening the fifo never blocks, no EOF
     _VMM_INFD[$name]=$fd
@@ -135,6 +135,41 @@ send_input() {
     [[ -n ${_VMM_INFD[$name]:-} ]] || { tb_log "send_input: $name is not running"; return 2; }
     printf '%s\n' "$text" >&"${_VMM_INFD[$name]}"
     tb_log "sent to $name: $text"
+}
+
+# guest_cmd NAME TIMEOUT CMD: runs CMD in the guest's shell (l2.action=shell) over its serial
+# console and waits for it to finish; prints the L2- lines it printed, without the "L2-".
+# 1 when it did not finish in time. (Usable inside $(...): the sequence number is in a file.)
+_guest_next_seq() {
+    local f=$TESTBED_RUN/$1.seq n
+    n=$(($(cat "$f" 2>/dev/null || echo 0) + 1))
+    echo "$n" > "$f"
+    echo "$n"
+}
+_guest_send() {  # _guest_send NAME SEQ CMD; prints the console line count before sending
+    wc -l < "$RESULTS/$1.log"
+    # The tty echoes the command line; $((N)) makes the end marker differ from the echo.
+    send_input "$1" "$3; echo L2-END-\$(($2))." 2>/dev/null
+}
+guest_cmd() {
+    local name=$1 timeout=$2 cmd=$3 seq before
+    seq=$(_guest_next_seq "$name")
+    before=$(_guest_send "$name" "$seq" "$cmd")
+    wait_for_marker "$name" "L2-END-$seq." "$timeout" 2>/dev/null || return 1
+    tail -n +"$((before + 1))" "$RESULTS/$name.log" | grep -a '^L2-' | grep -av '^L2-END-' | sed 's/^L2-//'
+}
+
+# guest_cmd_unanswered NAME CMD SECS: sends CMD and checks it is NOT answered within SECS
+# (a paused guest); guest_cmd_wait NAME TIMEOUT then waits for the answer.
+guest_cmd_unanswered() {
+    local name=$1 cmd=$2 secs=$3 seq before
+    seq=$(_guest_next_seq "$name")
+    before=$(_guest_send "$name" "$seq" "$cmd")
+    sleep "$secs"
+    ! tail -n +"$((before + 1))" "$RESULTS/$name.log" | grep -qa "^L2-END-$seq\."
+}
+guest_cmd_wait() {
+    wait_for_marker "$1" "L2-END-$(cat "$TESTBED_RUN/$1.seq")." "$2" 2>/dev/null
 }
 
 send_input_when() {

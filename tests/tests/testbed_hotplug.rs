@@ -13,7 +13,12 @@ fn suite() -> &'static SuiteRun {
 
 fn json(run: &SuiteRun, file: &str) -> serde_json::Value {
     serde_json::from_str(&run.file(file)).unwrap_or_else(|e| {
-        panic!("{file} is not JSON ({e}): {:?}\nconsole tail: {:?}\nstderr: {}", run.file(file), run.markers("hp"), run.stderr("hp"))
+        panic!(
+            "{file} is not JSON ({e}): {:?}\nconsole tail: {:?}\nstderr: {}",
+            run.file(file),
+            run.markers("hp"),
+            run.stderr("hp")
+        )
     })
 }
 
@@ -31,13 +36,26 @@ fn three_attach_detach_cycles_with_ping_after_each_attach() {
         assert_eq!(added["id"], "vf0", "round {round}: {added}");
         let bdf = added["bdf"].as_str().unwrap_or_default().to_string();
         assert!(bdf.starts_with("0000:00:"), "{added}");
-        assert!(markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-BOUND round={round} "))), "round {round}: {markers:#?}");
-        assert!(markers.iter().any(|m| m == &format!("L2-HOTPLUG-PING round={round} received=3")), "round {round}: {markers:#?}");
+        assert!(
+            markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-BOUND round={round} "))),
+            "round {round}: {markers:#?}"
+        );
+        assert!(
+            markers.iter().any(|m| m == &format!("L2-HOTPLUG-PING round={round} received=3")),
+            "round {round}: {markers:#?}"
+        );
         let attached = json(run, &format!("hp-info-attached-{round}.json"));
         let d = device(&attached, "vf0");
-        assert_eq!((d["state"].as_str(), d["bdf"].as_str()), (Some("Attached"), Some(bdf.as_str())), "round {round}: {attached}");
+        assert_eq!(
+            (d["state"].as_str(), d["bdf"].as_str()),
+            (Some("Attached"), Some(bdf.as_str())),
+            "round {round}: {attached}"
+        );
         assert_eq!(run.file(&format!("hp-remove-{round}.txt")), "ok\n");
-        assert!(markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-GONE round={round} "))), "round {round}: {markers:#?}");
+        assert!(
+            markers.iter().any(|m| m.starts_with(&format!("L2-HOTPLUG-GONE round={round} "))),
+            "round {round}: {markers:#?}"
+        );
         let detached = json(run, &format!("hp-info-detached-{round}.json"));
         assert_eq!(device(&detached, "vf0")["state"], "Detached", "round {round}: {detached}");
         assert_eq!(run.file(&format!("hp-driver-after-{round}.txt")).trim(), "vfio-pci", "the VF is back on the host");
@@ -56,7 +74,13 @@ fn errors_change_nothing_and_the_vm_keeps_running() {
     let unknown = run.file("hp-err-unknown.txt");
     assert!(unknown.contains("no device 'nosuch' (404)") && unknown.ends_with("rc=1\n"), "{unknown}");
     let host = run.file("hp-err-host-driver.txt");
-    assert!(host.contains("bound to igbvf") && host.contains("vfio-pci") && host.contains("(400)") && host.ends_with("rc=1\n"), "{host}");
+    assert!(
+        host.contains("bound to igbvf")
+            && host.contains("vfio-pci")
+            && host.contains("(400)")
+            && host.ends_with("rc=1\n"),
+        "{host}"
+    );
     assert!(run.file("hp-alive.txt").starts_with("vfvmm "), "{}", run.file("hp-alive.txt"));
 }
 

@@ -28,7 +28,11 @@ fn assert_vf_works(run: &SuiteRun, name: &str, ip: &str) {
     let ctx = || format!("{name}: markers {markers:#?}\nstderr: {}", run.stderr(name));
     assert!(markers.iter().any(|m| m.starts_with("L2-PCIDEV 0000:00:01.0 0x8086 0x10ca")), "{}", ctx());
     assert!(markers.iter().any(|m| m == "L2-VF-BOUND 0000:00:01.0 driver=igbvf"), "{}", ctx());
-    assert!(markers.iter().any(|m| m.starts_with("L2-VF-NET ") && m.ends_with(&format!("carrier=1 ip={ip}"))), "{}", ctx());
+    assert!(
+        markers.iter().any(|m| m.starts_with("L2-VF-NET ") && m.ends_with(&format!("carrier=1 ip={ip}"))),
+        "{}",
+        ctx()
+    );
     assert!(markers.iter().any(|m| m == "L2-PING sent=3 received=3"), "{}", ctx());
     for queue in ["-rx-0", "-tx-0"] {
         let before = irq_count(run, name, "BEFORE", queue).unwrap_or_else(|| panic!("no {queue} counter: {}", ctx()));
@@ -120,7 +124,11 @@ fn vfctl_info_shows_the_vf_attached_pause_resume_and_shutdown_vmm() {
     });
     assert_eq!(info["state"], "Running");
     let dev = &info["devices"][0];
-    assert_eq!((dev["id"].as_str(), dev["bdf"].as_str(), dev["state"].as_str()), (Some("vf0"), Some("0000:00:01.0"), Some("Attached")), "{info}");
+    assert_eq!(
+        (dev["id"].as_str(), dev["bdf"].as_str(), dev["state"].as_str()),
+        (Some("vf0"), Some("0000:00:01.0"), Some("Attached")),
+        "{info}"
+    );
     assert!(dev["path"].as_str().unwrap_or_default().ends_with("0000:01:10.0"), "{info}");
     assert!(run.file("vf-api.info-human").contains("device vf0: "), "{}", run.file("vf-api.info-human"));
     let pause = run.file("vf-api.pause");
@@ -141,4 +149,16 @@ fn assert_vf_works_until_ping(run: &SuiteRun, name: &str) {
     let markers = run.markers(name);
     assert!(markers.iter().any(|m| m == "L2-VF-BOUND 0000:00:01.0 driver=igbvf"), "{markers:#?}");
     assert!(markers.iter().any(|m| m == "L2-PING sent=3 received=3"), "{markers:#?}");
+}
+
+/// README's "Running vfvmm on a real host" block, run verbatim in L1 as a host admin would.
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn readme_real_host_commands_work_as_written() {
+    let run = suite();
+    let script = run.file("real-host.sh");
+    let readme = std::fs::read_to_string(vfvmm_tests::repo_root().join("README.md")).expect("README.md");
+    assert!(script.contains("sriov_numvfs") && script.contains("$VFVMM --kernel"), "block not found: {script}");
+    assert!(readme.contains(&script), "the block run is not README's text");
+    assert_vf_works(run, "real-host", "192.0.2.10");
 }

@@ -29,6 +29,17 @@ impl ApiHandler {
         Self { rx, vcpus, exit, config, hotplug }
     }
 
+    /// Runs a device request on the hotplug state; 204 or the refusal's status.
+    fn on_hotplug(&self, f: impl FnOnce(&mut Hotplug) -> Result<(), api::ApiError>) -> Response {
+        match self.hotplug.lock() {
+            Ok(mut h) => match f(&mut h) {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::error(e.status, &e.message),
+            },
+            Err(_) => Response::error(500, "hotplug state is unavailable"),
+        }
+    }
+
     fn wrong_state(e: VcpuSetError) -> Response {
         Response::error(405, &e.to_string())
     }
@@ -48,14 +59,31 @@ impl ApiHandler {
                 Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
             }
             ApiRequest::VmPause => match self.vcpus.pause() {
-                Ok(()) => Response::no_content(),
+                Ok(()) => {
+                    // vCPUs first, then the devices: nothing runs that could touch them.
+                    if let Ok(mut h) = self.hotplug.lock() {
+                        h.pause_devices();
+                    }
+                    Response::no_content()
+                }
                 Err(e @ VcpuSetError::PauseTimeout { .. }) => Response::error(500, &e.to_string()),
                 Err(e) => Self::wrong_state(e),
             },
-            ApiRequest::VmResume => match self.vcpus.resume() {
-                Ok(()) => Response::no_content(),
-                Err(e) => Self::wrong_state(e),
-            },
+            ApiRequest::VmResume => {
+                if self.vcpus.state() != RunState::Paused {
+                    return Self::wrong_state(VcpuSetError::NotPaused);
+                }
+                // Devices first (re-acquired, mapped, interrupts on), then the vCPUs.
+                if let Ok(mut h) = self.hotplug.lock() {
+                    h.resume_devices();
+                }
+                match self.vcpus.resume() {
+                    Ok(()) => Response::no_content(),
+                    Err(e) => Self::wrong_state(e),
+                }
+            }
+            ApiRequest::VmReleaseDevice { id } => self.on_hotplug(|h| h.release(&id)),
+            ApiRequest::VmAcquireDevice { id, path } => self.on_hotplug(|h| h.acquire(&id, path)),
             ApiRequest::VmmShutdown => {
                 self.exit.raise(GuestExit::VmmShutdown);
                 Response::no_content()
@@ -74,13 +102,7 @@ impl ApiHandler {
                 },
                 Err(_) => Response::error(500, "hotplug state is unavailable"),
             },
-            ApiRequest::VmRemoveDevice { id } => match self.hotplug.lock() {
-                Ok(mut h) => match h.remove(&id) {
-                    Ok(()) => Response::no_content(),
-                    Err(e) => Response::error(e.status, &e.message),
-                },
-                Err(_) => Response::error(500, "hotplug state is unavailable"),
-            },
+            ApiRequest::VmRemoveDevice { id } => self.on_hotplug(|h| h.remove(&id)),
         }
     }
 }

@@ -68,8 +68,12 @@ pub fn transition(from: AttachState, event: AttachEvent) -> Result<(AttachState,
     let next = match (from, event) {
         (S::Attaching, E::GuestEnabled) => (S::Attached, A::None),
         (S::Attached, E::GuestEnabled) => (S::Attached, A::None),
-        (S::Attaching | S::Attached, E::RemoveRequested | E::HostRequested) => (S::Detaching { timed_out: false }, A::NotifyEject),
-        (S::Detaching { .. }, E::RemoveRequested | E::HostRequested) => (S::Detaching { timed_out: false }, A::NotifyEject),
+        (S::Attaching | S::Attached, E::RemoveRequested | E::HostRequested) => {
+            (S::Detaching { timed_out: false }, A::NotifyEject)
+        }
+        (S::Detaching { .. }, E::RemoveRequested | E::HostRequested) => {
+            (S::Detaching { timed_out: false }, A::NotifyEject)
+        }
         (S::Detaching { .. }, E::EjectTimedOut) => (S::Detaching { timed_out: true }, A::None),
         (S::Detaching { .. }, E::GuestEjected) => (S::Detached, A::TearDown),
         _ => return Err(InvalidTransition { from, event }),
@@ -86,7 +90,8 @@ mod tests {
 
     const STATES: [AttachState; 5] =
         [S::Attaching, S::Attached, S::Detaching { timed_out: false }, S::Detaching { timed_out: true }, S::Detached];
-    const EVENTS: [AttachEvent; 5] = [E::GuestEnabled, E::RemoveRequested, E::HostRequested, E::EjectTimedOut, E::GuestEjected];
+    const EVENTS: [AttachEvent; 5] =
+        [E::GuestEnabled, E::RemoveRequested, E::HostRequested, E::EjectTimedOut, E::GuestEjected];
 
     /// The full table: every (state, event) pair, valid or not.
     #[test]
@@ -96,7 +101,9 @@ mod tests {
         let expected = |from: AttachState, event: AttachEvent| -> Option<(AttachState, AttachAction)> {
             match (from, event) {
                 (S::Attaching, E::GuestEnabled) | (S::Attached, E::GuestEnabled) => Some((S::Attached, A::None)),
-                (S::Attaching | S::Attached, E::RemoveRequested | E::HostRequested) => Some((detaching, A::NotifyEject)),
+                (S::Attaching | S::Attached, E::RemoveRequested | E::HostRequested) => {
+                    Some((detaching, A::NotifyEject))
+                }
                 (S::Detaching { .. }, E::RemoveRequested | E::HostRequested) => Some((detaching, A::NotifyEject)),
                 (S::Detaching { .. }, E::EjectTimedOut) => Some((timed_out, A::None)),
                 (S::Detaching { .. }, E::GuestEjected) => Some((S::Detached, A::TearDown)),

@@ -87,7 +87,9 @@ pub fn load_linux(
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
 
     let initrd = match &kernel.initramfs {
-        Some(p) => Some(load_initrd(mem, p, mem_size, result.setup_header.map(|h| h.initrd_addr_max), result.kernel_end)?),
+        Some(p) => {
+            Some(load_initrd(mem, p, mem_size, result.setup_header.map(|h| h.initrd_addr_max), result.kernel_end)?)
+        }
         None => None,
     };
 
@@ -123,7 +125,8 @@ fn load_initrd(
         size,
         limit: low_ram_end(mem_size),
     })?;
-    let len = usize::try_from(size).map_err(|e| BootError::LoadInitrd { path: display.clone(), reason: e.to_string() })?;
+    let len =
+        usize::try_from(size).map_err(|e| BootError::LoadInitrd { path: display.clone(), reason: e.to_string() })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(|e| BootError::LoadInitrd { path: display, reason: e.to_string() })?;
     Ok((addr, size))

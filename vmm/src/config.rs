@@ -85,9 +85,18 @@ pub struct Cli {
     #[arg(long = "api-socket", value_name = "path=PATH")]
     pub api_socket: Option<String>,
     /// Seconds the guest has to eject a device after remove-device (then vm.info says so).
-    #[arg(long = "eject-timeout", value_name = "SECONDS", default_value_t = 30)]
+    #[arg(long = "eject-timeout", value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub eject_timeout: u64,
+    /// Seconds vm.resume waits for a released device to be back on the host (e.g. re-created
+    /// VFs being bound to vfio-pci) before resuming without it.
+    #[arg(long = "reacquire-timeout", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    pub reacquire_timeout: u64,
 }
+
+/// Upper bound of the timeout options (a day): larger values would overflow deadlines.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialConfig {
@@ -125,6 +134,7 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     pub api_socket: Option<PathBuf>,
     pub eject_timeout: std::time::Duration,
+    pub reacquire_timeout: std::time::Duration,
 }
 
 /// Splits `a=1,b=2` into pairs, rejecting unknown and repeated keys.
@@ -136,11 +146,12 @@ fn key_values<'a>(
 ) -> Result<Vec<(&'static str, &'a str)>, ConfigError> {
     let mut out: Vec<(&'static str, &'a str)> = Vec::new();
     for item in value.split(',') {
-        let (key, val) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError::NotKeyValue { option, item: item.to_string() })?;
-        let key = allowed.iter().copied().find(|k| *k == key).ok_or_else(|| {
-            ConfigError::UnknownKey { option, key: key.to_string(), expected }
+        let (key, val) =
+            item.split_once('=').ok_or_else(|| ConfigError::NotKeyValue { option, item: item.to_string() })?;
+        let key = allowed.iter().copied().find(|k| *k == key).ok_or_else(|| ConfigError::UnknownKey {
+            option,
+            key: key.to_string(),
+            expected,
         })?;
         if out.iter().any(|(k, _)| *k == key) {
             return Err(ConfigError::DuplicateKey { option, key: key.to_string() });
@@ -155,11 +166,7 @@ fn required<'a>(
     pairs: &[(&'static str, &'a str)],
     key: &'static str,
 ) -> Result<&'a str, ConfigError> {
-    pairs
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| *v)
-        .ok_or(ConfigError::MissingKey { option, key })
+    pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).ok_or(ConfigError::MissingKey { option, key })
 }
 
 /// Parses `512M`, `2G`, `1048576`, `64T`.
@@ -289,7 +296,10 @@ impl Cli {
         let api_socket = self.api_socket.as_deref().map(parse_api_socket).transpose()?;
 
         if self.cmdline.len() >= arch::layout::CMDLINE_MAX_SIZE {
-            return Err(ConfigError::CmdlineTooLong { len: self.cmdline.len(), max: arch::layout::CMDLINE_MAX_SIZE - 1 });
+            return Err(ConfigError::CmdlineTooLong {
+                len: self.cmdline.len(),
+                max: arch::layout::CMDLINE_MAX_SIZE - 1,
+            });
         }
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineHasNul);
@@ -314,7 +324,15 @@ impl Cli {
                 initramfs: self.initramfs.clone(),
                 cmdline: self.cmdline.clone(),
             },
-            VmConfig { cpus, memory, serial, devices, api_socket, eject_timeout: std::time::Duration::from_secs(self.eject_timeout) },
+            VmConfig {
+                cpus,
+                memory,
+                serial,
+                devices,
+                api_socket,
+                eject_timeout: std::time::Duration::from_secs(self.eject_timeout),
+                reacquire_timeout: std::time::Duration::from_secs(self.reacquire_timeout),
+            },
         ))
     }
 }
@@ -385,10 +403,24 @@ mod tests {
         assert_eq!((vc.cpus, vc.memory, vc.serial.clone()), (1, 512 << 20, SerialConfig::Tty));
 
         let (kc, vc) = validate(&[
-            "--kernel", p, "--initramfs", p, "--cmdline", "console=ttyS0", "--cpus", "boot=2",
-            "--memory", "size=256M", "--serial", "file=/tmp/x", "--device",
-            "path=/sys/bus/pci/devices/0000:01:10.0/,id=vf0", "--device",
-            "path=/sys/bus/pci/devices/0000:01:10.2", "--api-socket", "path=/tmp/api.sock",
+            "--kernel",
+            p,
+            "--initramfs",
+            p,
+            "--cmdline",
+            "console=ttyS0",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=256M",
+            "--serial",
+            "file=/tmp/x",
+            "--device",
+            "path=/sys/bus/pci/devices/0000:01:10.0/,id=vf0",
+            "--device",
+            "path=/sys/bus/pci/devices/0000:01:10.2",
+            "--api-socket",
+            "path=/tmp/api.sock",
         ])
         .unwrap();
         assert_eq!(kc.initramfs.as_deref(), Some(Path::new(p)));
@@ -419,30 +451,83 @@ mod tests {
         let g = garbage.path.to_str().unwrap();
         let long = "x".repeat(5000);
         let cases: Vec<(Vec<&str>, ConfigError)> = vec![
-            (vec!["--kernel", "/nonexistent/vmlinuz"], ConfigError::KernelUnreadable { path: "/nonexistent/vmlinuz".into(), reason: "No such file or directory (os error 2)".into() }),
-            (vec!["--kernel", "/tmp"], ConfigError::KernelUnreadable { path: "/tmp".into(), reason: "not a regular file".into() }),
+            (
+                vec!["--kernel", "/nonexistent/vmlinuz"],
+                ConfigError::KernelUnreadable {
+                    path: "/nonexistent/vmlinuz".into(),
+                    reason: "No such file or directory (os error 2)".into(),
+                },
+            ),
+            (
+                vec!["--kernel", "/tmp"],
+                ConfigError::KernelUnreadable { path: "/tmp".into(), reason: "not a regular file".into() },
+            ),
             (vec!["--kernel", g], ConfigError::KernelNotRecognized(g.into())),
-            (vec!["--kernel", p, "--initramfs", "/nonexistent/initrd"], ConfigError::InitramfsUnreadable { path: "/nonexistent/initrd".into(), reason: "No such file or directory (os error 2)".into() }),
+            (
+                vec!["--kernel", p, "--initramfs", "/nonexistent/initrd"],
+                ConfigError::InitramfsUnreadable {
+                    path: "/nonexistent/initrd".into(),
+                    reason: "No such file or directory (os error 2)".into(),
+                },
+            ),
             (vec!["--kernel", p, "--cpus", "boot=0"], ConfigError::InvalidCpus("0".into())),
             (vec!["--kernel", p, "--cpus", "boot=255"], ConfigError::InvalidCpus("255".into())),
             (vec!["--kernel", p, "--cpus", "boot=two"], ConfigError::InvalidCpus("two".into())),
             (vec!["--kernel", p, "--cpus", "2"], ConfigError::NotKeyValue { option: "cpus", item: "2".into() }),
-            (vec!["--kernel", p, "--cpus", "max=2"], ConfigError::UnknownKey { option: "cpus", key: "max".into(), expected: "boot=N" }),
-            (vec!["--kernel", p, "--cpus", "boot=1,boot=2"], ConfigError::DuplicateKey { option: "cpus", key: "boot".into() }),
+            (
+                vec!["--kernel", p, "--cpus", "max=2"],
+                ConfigError::UnknownKey { option: "cpus", key: "max".into(), expected: "boot=N" },
+            ),
+            (
+                vec!["--kernel", p, "--cpus", "boot=1,boot=2"],
+                ConfigError::DuplicateKey { option: "cpus", key: "boot".into() },
+            ),
             (vec!["--kernel", p, "--memory", "size=0"], ConfigError::MemoryTooSmall("0".into())),
             (vec!["--kernel", p, "--memory", "size=1M"], ConfigError::MemoryTooSmall("1M".into())),
             (vec!["--kernel", p, "--memory", "size=lots"], ConfigError::InvalidSize("lots".into())),
             (vec!["--kernel", p, "--memory", "size="], ConfigError::InvalidSize("".into())),
-            (vec!["--kernel", p, "--memory", "256M"], ConfigError::NotKeyValue { option: "memory", item: "256M".into() }),
+            (
+                vec!["--kernel", p, "--memory", "256M"],
+                ConfigError::NotKeyValue { option: "memory", item: "256M".into() },
+            ),
             (vec!["--kernel", p, "--serial", "pty"], ConfigError::InvalidSerial("pty".into())),
             (vec!["--kernel", p, "--serial", "file="], ConfigError::InvalidSerial("file=".into())),
             (vec!["--kernel", p, "--device", "id=vf0"], ConfigError::MissingKey { option: "device", key: "path" }),
             (vec!["--kernel", p, "--device", "path=/dev/vfio/3"], ConfigError::InvalidDevicePath("/dev/vfio/3".into())),
-            (vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/0000:01:10.0,id=bad id"], ConfigError::InvalidDeviceId("bad id".into())),
-            (vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/0000:01:10.0,bdf=1"], ConfigError::UnknownKey { option: "device", key: "bdf".into(), expected: "path=PATH[,id=ID]" }),
-            (vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/a,id=x", "--device", "path=/sys/bus/pci/devices/b,id=x"], ConfigError::DuplicateDeviceId("x".into())),
-            (vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/a", "--device", "path=/sys/bus/pci/devices/a/"], ConfigError::DuplicateDevicePath("/sys/bus/pci/devices/a".into())),
-            (vec!["--kernel", p, "--api-socket", "file=/x"], ConfigError::UnknownKey { option: "api-socket", key: "file".into(), expected: "path=PATH" }),
+            (
+                vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/0000:01:10.0,id=bad id"],
+                ConfigError::InvalidDeviceId("bad id".into()),
+            ),
+            (
+                vec!["--kernel", p, "--device", "path=/sys/bus/pci/devices/0000:01:10.0,bdf=1"],
+                ConfigError::UnknownKey { option: "device", key: "bdf".into(), expected: "path=PATH[,id=ID]" },
+            ),
+            (
+                vec![
+                    "--kernel",
+                    p,
+                    "--device",
+                    "path=/sys/bus/pci/devices/a,id=x",
+                    "--device",
+                    "path=/sys/bus/pci/devices/b,id=x",
+                ],
+                ConfigError::DuplicateDeviceId("x".into()),
+            ),
+            (
+                vec![
+                    "--kernel",
+                    p,
+                    "--device",
+                    "path=/sys/bus/pci/devices/a",
+                    "--device",
+                    "path=/sys/bus/pci/devices/a/",
+                ],
+                ConfigError::DuplicateDevicePath("/sys/bus/pci/devices/a".into()),
+            ),
+            (
+                vec!["--kernel", p, "--api-socket", "file=/x"],
+                ConfigError::UnknownKey { option: "api-socket", key: "file".into(), expected: "path=PATH" },
+            ),
             (vec!["--kernel", p, "--cmdline", &long], ConfigError::CmdlineTooLong { len: 5000, max: 4095 }),
             (vec!["--kernel", p, "--cmdline", "a\0b"], ConfigError::CmdlineHasNul),
         ];

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arch::acpi_hotplug::{GED_GSI, HOTPLUG_PORT, HOTPLUG_PORT_LEN};
 use arch::layout::*;
-use devices::hotplug::HotplugRegisters;
 use devices::cmos::{Cmos, CMOS_PORT, CMOS_PORT_COUNT};
+use devices::hotplug::HotplugRegisters;
 use devices::power::{
     AcpiPmDevice, I8042Reset, PowerEvents, ACPI_PM_PORT, ACPI_PM_PORT_COUNT, I8042_COMMAND_PORT, I8042_DATA_PORT,
 };
@@ -67,10 +67,10 @@ fn serial_output(cfg: &SerialConfig) -> Result<SerialOut, DeviceManagerError> {
     Ok(match cfg {
         SerialConfig::Tty => Box::new(std::io::stdout()),
         SerialConfig::Off => Box::new(std::io::sink()),
-        SerialConfig::File(path) => Box::new(File::create(path).map_err(|source| DeviceManagerError::SerialFile {
-            path: path.display().to_string(),
-            source,
-        })?),
+        SerialConfig::File(path) => Box::new(
+            File::create(path)
+                .map_err(|source| DeviceManagerError::SerialFile { path: path.display().to_string(), source })?,
+        ),
     })
 }
 
@@ -105,14 +105,10 @@ pub fn create_devices(
     let mut io = IoManager::new();
 
     let serial_irq = eventfd()?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(|source| DeviceManagerError::Irqfd { irq: COM1_IRQ, source })?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(|source| DeviceManagerError::Irqfd { irq: COM1_IRQ, source })?;
     let serial_rx_space = eventfd()?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        clone_fd(&serial_rx_space)?,
-        serial_output(serial_cfg)?,
-    )));
+    let serial =
+        Arc::new(Mutex::new(SerialDevice::new(serial_irq, clone_fd(&serial_rx_space)?, serial_output(serial_cfg)?)));
     register_pio(&mut io, "serial", COM1_PORT, 8, serial.clone())?;
 
     register_pio(&mut io, "cmos", CMOS_PORT, CMOS_PORT_COUNT, Arc::new(Mutex::new(Cmos::default())))?;

@@ -199,11 +199,13 @@ impl MutEventSubscriber for TerminationSignals {
 }
 
 /// Hotplug events for the VMM thread: the guest ejected a slot (tear the device down), the
-/// host asked for a device back (ask the guest to eject it), and changes to the set of
+/// host asked for a device back (ask the guest to eject it, or release it while paused),
+/// guest RAM finished DMA-mapping (deferred bus mastering), and changes to the set of
 /// host-request eventfds to watch.
 pub struct HotplugWatcher {
     eject: EventFd,
     resync: EventFd,
+    dma_done: EventFd,
     requests: std::collections::BTreeMap<u8, EventFd>,
     hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
 }
@@ -212,8 +214,13 @@ pub struct HotplugWatcher {
 const REQUEST_DATA_BASE: u32 = 0x100;
 
 impl HotplugWatcher {
-    pub fn new(eject: EventFd, resync: EventFd, hotplug: Arc<Mutex<crate::hotplug::Hotplug>>) -> Self {
-        Self { eject, resync, requests: Default::default(), hotplug }
+    pub fn new(
+        eject: EventFd,
+        resync: EventFd,
+        dma_done: EventFd,
+        hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
+    ) -> Self {
+        Self { eject, resync, dma_done, requests: Default::default(), hotplug }
     }
 
     fn sync(&mut self, ops: &mut EventOps) {
@@ -241,7 +248,7 @@ impl HotplugWatcher {
 
 impl MutEventSubscriber for HotplugWatcher {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [&self.eject, &self.resync] {
+        for fd in [&self.eject, &self.resync, &self.dma_done] {
             if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
                 log::error!("cannot watch hotplug events: {e:?}");
             }
@@ -258,6 +265,11 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         } else if fd == self.resync.as_raw_fd() {
             let _ = self.resync.read();
+        } else if fd == self.dma_done.as_raw_fd() {
+            let _ = self.dma_done.read();
+            if let Ok(mut h) = self.hotplug.lock() {
+                h.on_dma_mapped();
+            }
         } else if let Some(slot) = events.data().checked_sub(REQUEST_DATA_BASE).and_then(|s| u8::try_from(s).ok()) {
             if let Some(req) = self.requests.get(&slot) {
                 let _ = req.read();

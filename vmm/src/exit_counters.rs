@@ -24,10 +24,8 @@ pub struct ExitCounters {
 
 impl ExitCounters {
     pub fn record_pio(&mut self, port: u16, handled: bool) {
-        let i = PIO_RANGES
-            .iter()
-            .position(|&(_, base, len)| port >= base && port - base < len)
-            .unwrap_or(PIO_RANGES.len());
+        let i =
+            PIO_RANGES.iter().position(|&(_, base, len)| port >= base && port - base < len).unwrap_or(PIO_RANGES.len());
         self.pio[i] += 1;
         self.unhandled_pio += u64::from(!handled);
     }

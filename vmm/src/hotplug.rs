@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use api::{AddDevice, ApiError};
+use api::{AddDevice, ApiError, Refusal};
 use devices::hotplug::HotplugRegisters;
 use kvm_ioctls::VmFd;
 use pci::{BarAllocator, PciBus};
@@ -18,15 +18,21 @@ use serde_json::json;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
+use crate::binding::BindingState;
 use crate::config::DeviceConfig;
 use crate::memory::GuestMemory;
 use crate::vfio::{validate_device, HostDevice, HostRoots, KvmPlatform, VfioError, VfioManager};
 
-struct Entry {
-    host: HostDevice,
-    slot: u8,
-    state: AttachState,
-    eject_deadline: Option<Instant>,
+pub(crate) struct Entry {
+    pub(crate) host: HostDevice,
+    pub(crate) slot: u8,
+    /// The guest's side (attachment state machine).
+    pub(crate) state: AttachState,
+    /// The host's side (binding state machine).
+    pub(crate) binding: BindingState,
+    pub(crate) eject_deadline: Option<Instant>,
+    /// The host-request eventfd the event loop watches; re-armed on each new binding.
+    pub(crate) request: Option<EventFd>,
 }
 
 /// Changes to the set of host-request eventfds the event loop must watch.
@@ -37,27 +43,35 @@ pub enum RequestWatch {
 
 pub struct Hotplug {
     vm: Arc<VmFd>,
-    memory: GuestMemory,
+    pub(crate) memory: GuestMemory,
     bus: Arc<RwLock<PciBus>>,
     allocator: Arc<Mutex<BarAllocator>>,
     platform: Arc<KvmPlatform>,
     registers: Arc<Mutex<HotplugRegisters>>,
-    vfio: Option<VfioManager>,
-    entries: BTreeMap<String, Entry>,
+    pub(crate) vfio: Option<VfioManager>,
+    pub(crate) entries: BTreeMap<String, Entry>,
     eject_timeout: Duration,
+    pub(crate) reacquire_timeout: Duration,
+    /// When the VM was paused (devices quiesced), while it is.
+    pub(crate) paused_since: Option<Instant>,
     next_index: usize,
     /// Pending changes for the event loop, and the eventfd that tells it to look.
     request_watch: Vec<RequestWatch>,
     resync: EventFd,
 }
 
-fn status(e: &VfioError) -> u16 {
+/// How the API reports a host-device problem.
+pub(crate) fn refusal(e: &VfioError) -> Refusal {
     match e {
-        VfioError::NotPciDevice { .. } => 404,
-        VfioError::Duplicate { .. } => 409,
-        VfioError::KvmVfioDevice(_) | VfioError::Container(_) | VfioError::DmaMap(_) => 500,
-        _ => 400,
+        VfioError::NotPciDevice { .. } => Refusal::NotFound,
+        VfioError::Duplicate { .. } => Refusal::Conflict,
+        VfioError::KvmVfioDevice(_) | VfioError::Container(_) | VfioError::DmaMap(_) => Refusal::Internal,
+        _ => Refusal::BadRequest,
     }
+}
+
+pub(crate) fn refused(kind: Refusal, message: impl Into<String>) -> ApiError {
+    ApiError::refused(kind, message)
 }
 
 impl Hotplug {
@@ -70,6 +84,7 @@ impl Hotplug {
         platform: Arc<KvmPlatform>,
         registers: Arc<Mutex<HotplugRegisters>>,
         eject_timeout: Duration,
+        reacquire_timeout: Duration,
         resync: EventFd,
     ) -> Self {
         Self {
@@ -84,6 +99,8 @@ impl Hotplug {
             vfio: None,
             entries: BTreeMap::new(),
             eject_timeout,
+            reacquire_timeout,
+            paused_since: None,
             next_index: 0,
         }
     }
@@ -100,7 +117,18 @@ impl Hotplug {
         let (memory, bus, allocator) = (self.memory.clone(), self.bus.clone(), self.allocator.clone());
         let request = EventFd::new(libc::EFD_NONBLOCK).ok();
         let slot = self.manager()?.attach(host.clone(), &memory, &bus, &allocator, request.as_ref())?.slot;
-        self.entries.insert(host.id.clone(), Entry { host, slot, state: AttachState::Attaching, eject_deadline: None });
+        let kept = request.as_ref().and_then(|fd| fd.try_clone().ok());
+        self.entries.insert(
+            host.id.clone(),
+            Entry {
+                host,
+                slot,
+                state: AttachState::Attaching,
+                binding: BindingState::Bound,
+                eject_deadline: None,
+                request: kept,
+            },
+        );
         if let Some(fd) = request {
             self.watch(RequestWatch::Add { slot, fd });
         }
@@ -119,8 +147,25 @@ impl Hotplug {
         std::mem::take(&mut self.request_watch)
     }
 
-    /// The host asked for the device in `slot` back: ask the guest to eject it.
+    /// The host asked for the device in `slot` back: while paused, release it at once (the
+    /// guest keeps the device); while running, ask the guest to eject it.
     pub fn on_host_request(&mut self, slot: u8) {
+        if self.paused_since.is_some() {
+            let id = self
+                .entries
+                .values()
+                .find(|e| e.slot == slot && e.state != AttachState::Detached)
+                .map(|e| e.host.id.clone());
+            if let Some(id) = id {
+                match self.release(&id) {
+                    Ok(()) => {
+                        log::info!("{id}: the host wants it back while the VM is paused: released")
+                    }
+                    Err(e) => log::info!("{id}: host request while paused: {}", e.message),
+                }
+            }
+            return;
+        }
         let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached) else {
             return;
         };
@@ -148,28 +193,40 @@ impl Hotplug {
         Ok(())
     }
 
-    fn live(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values().filter(|e| e.state != AttachState::Detached)
+    }
+
+    /// Refuses a request that needs a running guest while the VM is paused.
+    fn refuse_if_paused(&self, what: &str) -> Result<(), ApiError> {
+        match self.paused_since {
+            Some(_) => Err(refused(
+                Refusal::WrongVmState,
+                format!("{what} needs a running VM (it is paused): resume it first"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// `vm.add-device`.
     pub fn add(&mut self, req: AddDevice) -> Result<serde_json::Value, ApiError> {
-        let err = |status, message: String| ApiError { status, message };
+        self.refuse_if_paused("add-device")?;
+        let err = |kind, message: String| refused(kind, message);
         let id = req.id.clone().unwrap_or_else(|| {
             self.next_index += 1;
             format!("vfio{}", self.next_index - 1)
         });
         if self.live().any(|e| e.host.id == id) {
-            return Err(err(409, format!("device id '{id}' is in use")));
+            return Err(err(Refusal::Conflict, format!("device id '{id}' is in use")));
         }
         let cfg = DeviceConfig { path: req.path.clone().into(), id: Some(id.clone()) };
-        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| err(status(&e), e.to_string()))?;
+        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| err(refusal(&e), e.to_string()))?;
         if self.live().any(|e| e.host.path == host.path) {
-            return Err(err(409, format!("{} is already attached", req.path)));
+            return Err(err(Refusal::Conflict, format!("{} is already attached", req.path)));
         }
         // A detached entry with this id is history now.
         self.entries.remove(&id);
-        let slot = self.plug(host).map_err(|e| err(status(&e), e.to_string()))?;
+        let slot = self.plug(host).map_err(|e| err(refusal(&e), e.to_string()))?;
         if let Ok(mut r) = self.registers.lock() {
             r.slot_up(slot);
         }
@@ -178,10 +235,11 @@ impl Hotplug {
 
     /// `vm.remove-device`: ask the guest to eject.
     pub fn remove(&mut self, id: &str) -> Result<(), ApiError> {
+        self.refuse_if_paused("remove-device")?;
         self.refresh();
-        let entry = self.entries.get_mut(id).ok_or(ApiError { status: 404, message: format!("no device '{id}'") })?;
+        let entry = self.entries.get_mut(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
         let (next, action) = transition(entry.state, AttachEvent::RemoveRequested)
-            .map_err(|e| ApiError { status: 409, message: e.to_string() })?;
+            .map_err(|e| refused(Refusal::Conflict, e.to_string()))?;
         entry.state = next;
         if action == AttachAction::NotifyEject {
             entry.eject_deadline = Some(Instant::now() + self.eject_timeout);
@@ -197,7 +255,8 @@ impl Hotplug {
         let ejected = self.registers.lock().map(|mut r| r.take_ejected()).unwrap_or(0);
         let slots: Vec<u8> = (1..32u8).filter(|s| ejected & (1 << s) != 0).collect();
         for slot in slots {
-            let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached) else {
+            let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached)
+            else {
                 continue;
             };
             match transition(entry.state, AttachEvent::GuestEjected) {
@@ -221,12 +280,15 @@ impl Hotplug {
         for entry in self.entries.values_mut() {
             let event = match entry.state {
                 AttachState::Attaching => {
-                    let enabled = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == entry.slot)).is_some_and(|d| {
-                        d.device.lock().map(|dev| dev.guest_enabled()).unwrap_or(false)
-                    });
+                    let enabled = self
+                        .vfio
+                        .as_ref()
+                        .and_then(|v| v.devices.iter().find(|d| d.slot == entry.slot))
+                        .is_some_and(|d| d.device.lock().map(|dev| dev.guest_enabled()).unwrap_or(false));
                     enabled.then_some(AttachEvent::GuestEnabled)
                 }
-                AttachState::Detaching { timed_out: false } => {
+                // The eject timeout does not run while the VM is paused.
+                AttachState::Detaching { timed_out: false } if self.paused_since.is_none() => {
                     entry.eject_deadline.is_some_and(|d| now >= d).then_some(AttachEvent::EjectTimedOut)
                 }
                 _ => None,
@@ -248,6 +310,7 @@ impl Hotplug {
                     "path": e.host.path.display().to_string(),
                     "bdf": format!("0000:00:{:02x}.0", e.slot),
                     "state": e.state.to_string(),
+                    "binding": e.binding.to_string(),
                 })
             })
             .collect()

@@ -2,12 +2,14 @@
 
 pub mod api_handler;
 pub mod attachment;
+pub mod binding;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit_counters;
 pub mod hotplug;
+pub mod lifecycle;
 pub mod memory;
 pub mod vcpu;
 pub mod vcpu_set;
@@ -64,9 +66,8 @@ pub fn process_age_ms() -> u64 {
     let start_ticks = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse::<u64>().ok()));
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    let uptime =
+        std::fs::read_to_string("/proc/uptime").ok().and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     match (start_ticks, uptime) {

@@ -102,11 +102,13 @@ struct PauseState {
 
 impl PauseGate {
     /// Called by a vCPU thread between runs: waits while paused (or until `stop`).
-    fn park_if_requested(&self, stop: &AtomicBool) {
+    /// `on_park` runs once before the thread reports itself parked.
+    fn park_if_requested(&self, stop: &AtomicBool, on_park: impl FnOnce()) {
         let Ok(mut s) = self.state.lock() else { return };
         if !s.requested {
             return;
         }
+        on_park();
         s.parked += 1;
         self.changed.notify_all();
         while s.requested && !stop.load(Ordering::Acquire) {
@@ -129,10 +131,42 @@ impl PauseGate {
     pub fn parked(&self) -> usize {
         self.state.lock().map(|s| s.parked).unwrap_or(0)
     }
+
+    /// Waits until `total` vCPUs are parked or `deadline` passes; returns how many are.
+    pub fn wait_parked(&self, total: usize, deadline: std::time::Instant) -> usize {
+        let Ok(mut s) = self.state.lock() else {
+            return 0;
+        };
+        while s.parked < total {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = match self.changed.wait_timeout(s, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(_) => return 0,
+            };
+        }
+        s.parked
+    }
 }
 
-/// The kick signal only needs to interrupt KVM_RUN; the handler does nothing.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit` (null on threads that run no vCPU).
+    static IMMEDIATE_EXIT: std::cell::Cell<*mut u8> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// The kick signal interrupts KVM_RUN; a kick that lands just before KVM_RUN is entered is not
+/// lost either: the handler sets `immediate_exit`, so that KVM_RUN returns at once.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let flag = IMMEDIATE_EXIT.with(|f| f.get());
+    if !flag.is_null() {
+        // SAFETY: `flag` points into this thread's mmapped kvm_run, which lives until the vCPU
+        // thread clears the pointer (before its VcpuFd is dropped); a volatile byte store is
+        // async-signal-safe.
+        unsafe { std::ptr::write_volatile(flag, 1) };
+    }
+}
 
 pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
@@ -143,13 +177,7 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
 }
 
 /// Creates and configures vCPU `id` of `count`.
-pub fn create_vcpu(
-    vm: &VmFd,
-    base_cpuid: &CpuId,
-    id: u8,
-    count: u8,
-    entry: EntryPoint,
-) -> Result<VcpuFd, VcpuError> {
+pub fn create_vcpu(vm: &VmFd, base_cpuid: &CpuId, id: u8, count: u8, entry: EntryPoint) -> Result<VcpuFd, VcpuError> {
     let setup = |what, source| VcpuError::Setup { id, what, source };
     let vcpu = vm.create_vcpu(u64::from(id)).map_err(|source| VcpuError::Create { id, source })?;
 
@@ -212,7 +240,11 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
             let handled = shared.io.read().map(|io| io.mmio_read(MmioAddress(addr), data).is_ok()).unwrap_or(false);
             counters.record_mmio(addr, handled, &shared.pci_windows);
             if !handled {
-                warn_ratelimited!(&UNHANDLED_LOG, "vcpu{id}: read of {} bytes at unassigned MMIO {addr:#x}", data.len());
+                warn_ratelimited!(
+                    &UNHANDLED_LOG,
+                    "vcpu{id}: read of {} bytes at unassigned MMIO {addr:#x}",
+                    data.len()
+                );
                 data.fill(0xff);
             }
         }
@@ -220,7 +252,11 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
             let handled = shared.io.read().map(|io| io.mmio_write(MmioAddress(addr), data).is_ok()).unwrap_or(false);
             counters.record_mmio(addr, handled, &shared.pci_windows);
             if !handled {
-                warn_ratelimited!(&UNHANDLED_LOG, "vcpu{id}: write of {} bytes at unassigned MMIO {addr:#x}", data.len());
+                warn_ratelimited!(
+                    &UNHANDLED_LOG,
+                    "vcpu{id}: write of {} bytes at unassigned MMIO {addr:#x}",
+                    data.len()
+                );
             }
         }
         VcpuExit::Hlt => {
@@ -259,8 +295,14 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
 
 fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
     let mut counters = ExitCounters::default();
+    IMMEDIATE_EXIT.with(|f| f.set(&mut vcpu.get_kvm_run().immediate_exit));
     while !shared.stop.load(Ordering::Acquire) {
-        shared.pause.park_if_requested(&shared.stop);
+        shared.pause.park_if_requested(&shared.stop, || {
+            // The guest's clock jumps on resume; tell it it was paused (no soft-lockup reports).
+            if let Err(e) = vcpu.kvmclock_ctrl() {
+                log::debug!("vcpu{id}: KVM_KVMCLOCK_CTRL: {e}");
+            }
+        });
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
@@ -270,13 +312,14 @@ fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
                     break;
                 }
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => vcpu.set_kvm_immediate_exit(0),
             Err(e) => {
                 shared.exit.raise(GuestExit::Failed(format!("vcpu{id}: KVM_RUN failed: {e}")));
                 break;
             }
         }
     }
+    IMMEDIATE_EXIT.with(|f| f.set(std::ptr::null_mut()));
     counters
 }
 
@@ -287,6 +330,10 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    pub fn is_running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
     /// Interrupts KVM_RUN once (the thread then looks at its stop and pause flags).
     pub fn kick(&self) {
         if !self.thread.is_finished() {

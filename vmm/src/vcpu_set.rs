@@ -41,32 +41,27 @@ impl VcpuSet {
         self.state.lock().map(|s| *s).unwrap_or(RunState::Running)
     }
 
-    /// Kicks every vCPU out of KVM_RUN; returns how many there are.
+    /// Kicks every running vCPU out of KVM_RUN once; returns how many were kicked.
     fn kick_all(&self) -> usize {
-        let Ok(handles) = self.handles.lock() else { return 0 };
-        handles.iter().for_each(VcpuHandle::kick);
-        handles.len()
+        let Ok(handles) = self.handles.lock() else {
+            return 0;
+        };
+        handles.iter().filter(|h| h.is_running()).map(VcpuHandle::kick).count()
     }
 
-    /// Stops every vCPU between two KVM_RUNs; returns once all are parked.
+    /// Stops every vCPU between two KVM_RUNs; returns once all are parked. One kick each is
+    /// enough: the kick sets `immediate_exit`, so it cannot be lost before KVM_RUN.
     pub fn pause(&self) -> Result<(), VcpuSetError> {
         let mut state = self.state.lock().map_err(|_| VcpuSetError::NotPaused)?;
         if *state == RunState::Paused {
             return Err(VcpuSetError::AlreadyPaused);
         }
         self.shared.pause.set_requested(true);
-        let deadline = Instant::now() + PAUSE_TIMEOUT;
-        loop {
-            let total = self.kick_all();
-            let parked = self.shared.pause.parked();
-            if parked >= total {
-                break;
-            }
-            if Instant::now() > deadline {
-                self.shared.pause.set_requested(false);
-                return Err(VcpuSetError::PauseTimeout { parked, total });
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        let total = self.kick_all();
+        let parked = self.shared.pause.wait_parked(total, Instant::now() + PAUSE_TIMEOUT);
+        if parked < total {
+            self.shared.pause.set_requested(false);
+            return Err(VcpuSetError::PauseTimeout { parked, total });
         }
         *state = RunState::Paused;
         Ok(())
@@ -87,6 +82,12 @@ impl VcpuSet {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.pause.set_requested(false);
         let handles = self.handles.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
-        handles.into_iter().filter_map(|h| { let id = h.id; h.stop().map(|c| (id, c)) }).collect()
+        handles
+            .into_iter()
+            .filter_map(|h| {
+                let id = h.id;
+                h.stop().map(|c| (id, c))
+            })
+            .collect()
     }
 }

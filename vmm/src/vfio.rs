@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry, kvm_userspace_memory_region,
@@ -17,7 +17,7 @@ use kvm_ioctls::VmFd;
 use pci::bar::BarKind;
 use pci::msix::MsiMessage;
 use pci::vfio::device::discover_bars;
-use pci::vfio::{BarHandler, BarMap, RealVfio, VfioPciDevice, VmPlatform};
+use pci::vfio::{BarHandler, BarMap, DmaState, LifecycleError, RealVfio, VfioPciDevice, VmPlatform};
 use pci::{BarAllocator, BarRegion, PciBus};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
@@ -42,7 +42,9 @@ pub enum VfioError {
     NoDriver { path: String, bdf: String },
     #[error("--device {path}: has no IOMMU group (is the IOMMU on, e.g. intel_iommu=on?)")]
     NoIommuGroup { path: String },
-    #[error("--device {path}: IOMMU group {group} is not viable: {other} is bound to {driver}; bind every device of the group to vfio-pci")]
+    #[error(
+        "--device {path}: IOMMU group {group} is not viable: {other} is bound to {driver}; bind every device of the group to vfio-pci"
+    )]
     GroupNotViable { path: String, group: u32, other: String, driver: String },
     #[error("--device {path}: /dev/vfio/{group} is missing")]
     NoGroupNode { path: String, group: u32 },
@@ -58,6 +60,19 @@ pub enum VfioError {
     Setup { path: String, reason: String },
     #[error("cannot DMA-map guest memory for VFIO: {0}")]
     DmaMap(String),
+}
+
+/// Why a released device could not be taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReacquireError {
+    #[error("no device in slot {0}")]
+    NoDevice(u8),
+    /// The host device could not be opened or set up.
+    #[error(transparent)]
+    Open(VfioError),
+    /// It is not the same kind of device.
+    #[error("{0}")]
+    Kind(String),
 }
 
 fn link_name(path: &Path) -> Option<String> {
@@ -90,7 +105,8 @@ impl Default for HostRoots {
 /// the VM exists: a bad device changes nothing.
 pub fn validate_device(roots: &HostRoots, cfg: &DeviceConfig, index: usize) -> Result<HostDevice, VfioError> {
     let shown = cfg.path.display().to_string();
-    let under_root = cfg.path.strip_prefix("/sys").map(|rest| roots.sys.join(rest)).unwrap_or_else(|_| cfg.path.clone());
+    let under_root =
+        cfg.path.strip_prefix("/sys").map(|rest| roots.sys.join(rest)).unwrap_or_else(|_| cfg.path.clone());
     let path = under_root.canonicalize().map_err(|_| VfioError::NotPciDevice { path: shown.clone() })?;
     if !path.join("config").is_file() || !path.starts_with(roots.sys.join("devices")) {
         return Err(VfioError::NotPciDevice { path: shown });
@@ -157,18 +173,24 @@ impl DeviceMmio for BarRouter {
 }
 
 /// Whether guest RAM is DMA-mapped yet: mapping runs on its own thread while the guest boots.
-#[derive(Default)]
 struct DmaGate {
     state: Mutex<Option<Result<(), String>>>,
-    done: Condvar,
+    /// Signalled when mapping finishes: the VMM thread then applies deferred bus mastering.
+    done: EventFd,
 }
 
 impl DmaGate {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self { state: Mutex::new(None), done: EventFd::new(libc::EFD_NONBLOCK)? })
+    }
+
     fn set(&self, result: Result<(), String>) {
         if let Ok(mut s) = self.state.lock() {
             *s = Some(result);
         }
-        self.done.notify_all();
+        if let Err(e) = self.done.write(1) {
+            log::error!("cannot tell the VMM thread that DMA mapping finished: {e}");
+        }
     }
 
     /// Back to "not mapped" (the container lost its mappings with its last group).
@@ -178,12 +200,13 @@ impl DmaGate {
         }
     }
 
-    fn wait(&self) -> Result<(), String> {
-        let mut s = self.state.lock().map_err(|_| "DMA gate poisoned".to_string())?;
-        while s.is_none() {
-            s = self.done.wait(s).map_err(|_| "DMA gate poisoned".to_string())?;
+    fn state(&self) -> DmaState {
+        match self.state.lock().map(|s| s.clone()) {
+            Ok(None) => DmaState::Pending,
+            Ok(Some(Ok(()))) => DmaState::Ready,
+            Ok(Some(Err(e))) => DmaState::Failed(e),
+            Err(_) => DmaState::Failed("DMA gate poisoned".into()),
         }
-        s.clone().unwrap_or(Ok(()))
     }
 }
 
@@ -201,9 +224,9 @@ pub struct KvmPlatform {
 }
 
 impl KvmPlatform {
-    pub fn new(vm: Arc<VmFd>, first_free_slot: u32, router: Arc<BarRouter>) -> Self {
-        Self {
-            dma: DmaGate::default(),
+    pub fn new(vm: Arc<VmFd>, first_free_slot: u32, router: Arc<BarRouter>) -> std::io::Result<Self> {
+        Ok(Self {
+            dma: DmaGate::new()?,
             vm,
             next_slot: AtomicU32::new(first_free_slot),
             free_slots: Mutex::new(Vec::new()),
@@ -211,7 +234,12 @@ impl KvmPlatform {
             routes: Mutex::new(BTreeMap::new()),
             next_gsi: AtomicU32::new(IOAPIC_PINS),
             router,
-        }
+        })
+    }
+
+    /// An eventfd signalled each time DMA mapping of guest RAM finishes.
+    pub fn dma_done_fd(&self) -> std::io::Result<EventFd> {
+        self.dma.done.try_clone()
     }
 
     /// The full routing table: KVM's default irqchip routes plus our MSI routes.
@@ -225,7 +253,8 @@ impl KvmPlatform {
         };
         for gsi in 0..16 {
             if gsi != 2 {
-                let (chip, pin) = if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
+                let (chip, pin) =
+                    if gsi < 8 { (KVM_IRQCHIP_PIC_MASTER, gsi) } else { (KVM_IRQCHIP_PIC_SLAVE, gsi - 8) };
                 irqchip(gsi, chip, pin);
             }
         }
@@ -267,8 +296,16 @@ impl VmPlatform for KvmPlatform {
     }
 
     fn unmap_memory(&self, slot: u32) {
-        let Some(guest_addr) = self.slots.lock().ok().and_then(|mut s| s.remove(&slot)) else { return };
-        let region = kvm_userspace_memory_region { slot, guest_phys_addr: guest_addr, memory_size: 0, userspace_addr: 0, flags: 0 };
+        let Some(guest_addr) = self.slots.lock().ok().and_then(|mut s| s.remove(&slot)) else {
+            return;
+        };
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: guest_addr,
+            memory_size: 0,
+            userspace_addr: 0,
+            flags: 0,
+        };
         // SAFETY: a zero-sized region deletes the slot; no host memory is referenced.
         if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
             log::warn!("cannot remove memory slot {slot}: {e}");
@@ -307,8 +344,8 @@ impl VmPlatform for KvmPlatform {
         self.router.bars.remove(base);
     }
 
-    fn wait_dma_ready(&self) -> Result<(), String> {
-        self.dma.wait()
+    fn dma_state(&self) -> DmaState {
+        self.dma.state()
     }
 }
 
@@ -330,6 +367,8 @@ impl AttachedDevice {
 /// The VM's VFIO state: one container for every device.
 pub struct VfioManager {
     container: Arc<VfioContainer>,
+    /// KVM's VFIO device, for new containers.
+    kvm_vfio: Arc<VfioDeviceFd>,
     platform: Arc<KvmPlatform>,
     pub devices: Vec<AttachedDevice>,
     /// The thread DMA-mapping guest RAM (started with the first device).
@@ -340,9 +379,9 @@ impl VfioManager {
     pub fn new(vm: &VmFd, platform: Arc<KvmPlatform>) -> Result<Self, VfioError> {
         let mut desc = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_VFIO, fd: 0, flags: 0 };
         let kvm_vfio = vm.create_device(&mut desc).map_err(VfioError::KvmVfioDevice)?;
-        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
-        let container = VfioContainer::new(Some(handle)).map_err(|e| VfioError::Container(e.to_string()))?;
-        Ok(Self { container: Arc::new(container), platform, devices: Vec::new(), dma_mapper: None })
+        let kvm_vfio = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
+        let container = VfioContainer::new(Some(kvm_vfio.clone())).map_err(|e| VfioError::Container(e.to_string()))?;
+        Ok(Self { container: Arc::new(container), kvm_vfio, platform, devices: Vec::new(), dma_mapper: None })
     }
 
     /// Opens `host`, places its BARs, plugs it into the PCI bus and maps guest RAM for DMA.
@@ -361,28 +400,7 @@ impl VfioManager {
         let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
             .map_err(|e| VfioError::Open { path: path.clone(), reason: e.to_string() })?;
         log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
-        if self.dma_mapper.is_none() {
-            // Pinning and mapping all of guest RAM takes seconds in the nested testbed; it runs
-            // while the guest boots, and devices wait for it before they may master the bus.
-            let (container, platform, memory) = (self.container.clone(), self.platform.clone(), memory.clone());
-            let mapper = std::thread::Builder::new()
-                .name("vfio-dma".into())
-                .spawn(move || {
-                    let started = std::time::Instant::now();
-                    // SAFETY: guest memory stays mapped for the life of the VM, which outlives
-                    // the container (the VMM joins this thread and drops devices and the
-                    // container before the memory); guest and device share it as DMA memory,
-                    // which is what it is for.
-                    let result = unsafe { container.vfio_map_guest_memory(&memory) }.map_err(|e| e.to_string());
-                    match &result {
-                        Ok(()) => log::debug!("guest RAM DMA-mapped in {} ms", started.elapsed().as_millis()),
-                        Err(e) => log::error!("cannot DMA-map guest memory for VFIO: {e}"),
-                    }
-                    platform.dma.set(result);
-                })
-                .map_err(|e| VfioError::DmaMap(e.to_string()))?;
-            self.dma_mapper = Some(mapper);
-        }
+        self.ensure_dma_mapping(memory)?;
         let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
         if let Some(fd) = request {
             if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
@@ -422,13 +440,94 @@ impl VfioManager {
                         let _ = a.free(addr, size, region);
                     }
                 }
-                self.forget_dma_if_empty();
+                self.forget_dma_if_unbound();
                 return Err(setup(reason));
             }
         };
         log::info!("{}: {} at guest {}", host.id, host.bdf, format_args!("0000:00:{slot:02x}.0"));
         self.devices.push(AttachedDevice { host, slot, device, bars: placed });
         Ok(self.devices.last().expect("just pushed"))
+    }
+
+    /// Starts DMA-mapping guest RAM unless it is mapped or being mapped. Pinning and mapping
+    /// all of guest RAM takes seconds in the nested testbed; it runs on its own thread while the
+    /// guest boots (or while a paused VM re-acquires), and devices wait for it before they may
+    /// master the bus.
+    fn ensure_dma_mapping(&mut self, memory: &GuestMemory) -> Result<(), VfioError> {
+        if self.dma_mapper.is_some() {
+            return Ok(());
+        }
+        let (container, platform, memory) = (self.container.clone(), self.platform.clone(), memory.clone());
+        let mapper = std::thread::Builder::new()
+            .name("vfio-dma".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                // SAFETY: guest memory stays mapped for the life of the VM, which outlives
+                // the container (the VMM joins this thread and drops devices and the
+                // container before the memory); guest and device share it as DMA memory,
+                // which is what it is for.
+                let result = unsafe { container.vfio_map_guest_memory(&memory) }.map_err(|e| e.to_string());
+                match &result {
+                    Ok(()) => log::info!("guest RAM DMA-mapped in {} ms", started.elapsed().as_millis()),
+                    Err(e) => log::error!("cannot DMA-map guest memory for VFIO: {e}"),
+                }
+                platform.dma.set(result);
+            })
+            .map_err(|e| VfioError::DmaMap(e.to_string()))?;
+        self.dma_mapper = Some(mapper);
+        Ok(())
+    }
+
+    /// Lets go of the host side of the (quiesced) device in `slot`: its BAR mmaps, device and
+    /// group fds; the guest keeps the function. When no device of the VM is bound any more,
+    /// the container has lost its DMA mappings with its last group.
+    pub fn release(&mut self, slot: u8) -> Result<(), String> {
+        let d = self.devices.iter().find(|d| d.slot == slot).ok_or_else(|| format!("no device in slot {slot}"))?;
+        let backend =
+            d.device.lock().map_err(|_| "device lock poisoned".to_string())?.release().map_err(|e| e.to_string())?;
+        // The last reference to the VFIO device: dropping it closes the device and group fds.
+        drop(backend);
+        log::info!("{}: {} released to the host", d.host.id, d.host.bdf);
+        self.forget_dma_if_unbound();
+        Ok(())
+    }
+
+    /// Binds the released device in `slot` to `host` (its own path again, or another function
+    /// of the same kind), with its guest-visible state replayed. It stays quiesced.
+    pub fn reacquire(
+        &mut self,
+        slot: u8,
+        host: HostDevice,
+        memory: &GuestMemory,
+        request: Option<&EventFd>,
+    ) -> Result<(), ReacquireError> {
+        let index = self.devices.iter().position(|d| d.slot == slot).ok_or(ReacquireError::NoDevice(slot))?;
+        let path = host.path.display().to_string();
+        let started = std::time::Instant::now();
+        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
+            .map_err(|e| ReacquireError::Open(VfioError::Open { path: path.clone(), reason: e.to_string() }))?;
+        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
+        if let Some(fd) = request {
+            if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
+                log::warn!("{}: the host cannot ask for it back: {e}", host.id);
+            }
+        }
+        self.ensure_dma_mapping(memory).map_err(ReacquireError::Open)?;
+        let rebound = self.devices[index]
+            .device
+            .lock()
+            .map_err(|_| ReacquireError::Kind("device lock poisoned".into()))?
+            .rebind(backend);
+        if let Err(e) = rebound {
+            self.forget_dma_if_unbound();
+            return Err(match e {
+                LifecycleError::Mismatch(m) => ReacquireError::Kind(format!("{path}: {m}")),
+                other => ReacquireError::Open(VfioError::Setup { path, reason: other.to_string() }),
+            });
+        }
+        log::info!("{}: re-acquired {} in {} ms", host.id, host.bdf, started.elapsed().as_millis());
+        self.devices[index].host = host;
+        Ok(())
     }
 
     /// Takes the device in `slot` out of the VM (after the guest ejected it): quiesced, reset,
@@ -450,19 +549,30 @@ impl VfioManager {
         }
         let host = d.host.clone();
         drop(d);
-        self.forget_dma_if_empty();
+        self.forget_dma_if_unbound();
         log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
         Some(host)
     }
 
-    /// With no device left the container has no group and no DMA mappings: the next attach
-    /// maps guest RAM again.
-    fn forget_dma_if_empty(&mut self) {
-        if self.devices.is_empty() {
+    /// With no device bound the container has no group and no DMA mappings: it is replaced by
+    /// a fresh one, and the next attach or re-acquire maps guest RAM into that.
+    ///
+    /// A fresh container, because the old one may hold a dead group: when the host takes a
+    /// device back (VF destroyed, driver unbound), the kernel detaches the group from the
+    /// container as soon as the device fd closes, vfio-ioctls' UNSET_CONTAINER then fails and
+    /// it keeps the group cached; a re-created VF in an IOMMU group of the same number would get
+    /// that dead group (ENODEV on open).
+    fn forget_dma_if_unbound(&mut self) {
+        let bound = self.devices.iter().any(|d| d.device.lock().map(|dev| !dev.is_released()).unwrap_or(true));
+        if !bound {
             if let Some(mapper) = self.dma_mapper.take() {
                 let _ = mapper.join();
             }
             self.platform.dma.reset();
+            match VfioContainer::new(Some(self.kvm_vfio.clone())) {
+                Ok(c) => self.container = Arc::new(c),
+                Err(e) => log::warn!("cannot open a new VFIO container, keeping the old one: {e}"),
+            }
         }
     }
 
@@ -491,7 +601,8 @@ mod tests {
     /// A fake sysfs: VF 0000:01:10.0 (vfio-pci, group 8), VF 0000:01:10.2 (igbvf, group 9),
     /// 0000:02:00.0 (vfio-pci) sharing group 10 with 0000:02:00.1 (e1000e).
     fn tree() -> (PathBuf, HostRoots) {
-        let base = std::env::temp_dir().join(format!("vfvmm-sysfs-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let base =
+            std::env::temp_dir().join(format!("vfvmm-sysfs-{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&base);
         let sys = base.join("sys");
         let dev = base.join("dev");
@@ -499,7 +610,12 @@ mod tests {
             std::fs::create_dir_all(sys.join(d)).unwrap();
         }
         std::fs::create_dir_all(dev.join("vfio")).unwrap();
-        for (bdf, driver, group) in [("0000:01:10.0", "vfio-pci", 8), ("0000:01:10.2", "igbvf", 9), ("0000:02:00.0", "vfio-pci", 10), ("0000:02:00.1", "e1000e", 10)] {
+        for (bdf, driver, group) in [
+            ("0000:01:10.0", "vfio-pci", 8),
+            ("0000:01:10.2", "igbvf", 9),
+            ("0000:02:00.0", "vfio-pci", 10),
+            ("0000:02:00.1", "e1000e", 10),
+        ] {
             let d = sys.join("devices/pci0000:00").join(bdf);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("config"), [0u8; 64]).unwrap();

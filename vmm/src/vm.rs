@@ -11,18 +11,18 @@ use pci::BarAllocator;
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::terminal::Terminal;
 
+use crate::api_handler::ApiHandler;
 use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
 use crate::hotplug::Hotplug;
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
-use crate::vfio::{HostDevice, KvmPlatform};
-use crate::api_handler::ApiHandler;
-use crate::vcpu_set::VcpuSet;
-use api::ApiReceiver;
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
+use crate::vcpu_set::VcpuSet;
+use crate::vfio::{HostDevice, KvmPlatform};
 use crate::VmmError;
+use api::ApiReceiver;
 
 /// Physical address width assumed when KVM does not report one.
 const DEFAULT_PHYS_BITS: u8 = 36;
@@ -36,13 +36,17 @@ pub struct Vm {
     devices: Devices,
     config: VmConfig,
     hotplug: Arc<Mutex<Hotplug>>,
+    /// Signalled when guest RAM has been DMA-mapped (deferred bus mastering is applied then).
+    dma_done: vmm_sys_util::eventfd::EventFd,
 }
 
 impl Vm {
     /// Opens KVM and builds an (unstarted) VM: irqchip, PIT, RAM, devices.
     pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
         let kvm = Kvm::new().map_err(|e| VmmError::Kvm(format!("cannot open /dev/kvm: {e}")))?;
-        for (cap, name) in [(Cap::Irqchip, "in-kernel irqchip"), (Cap::Irqfd, "irqfd"), (Cap::UserMemory, "user memory")] {
+        for (cap, name) in
+            [(Cap::Irqchip, "in-kernel irqchip"), (Cap::Irqfd, "irqfd"), (Cap::UserMemory, "user memory")]
+        {
             if !kvm.check_extension(cap) {
                 return Err(VmmError::Kvm(format!("KVM lacks the {name} capability")));
             }
@@ -71,7 +75,11 @@ impl Vm {
             BarAllocator::new(windows[0], windows.get(1).copied()).map_err(|e| VmmError::Kvm(e.to_string()))?,
         ));
         let fd = Arc::new(fd);
-        let platform = Arc::new(KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone()));
+        let platform = Arc::new(
+            KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone())
+                .map_err(VmmError::EventLoop)?,
+        );
+        let dma_done = platform.dma_done_fd().map_err(VmmError::EventLoop)?;
         let hotplug = Arc::new(Mutex::new(Hotplug::new(
             fd.clone(),
             memory.clone(),
@@ -80,18 +88,10 @@ impl Vm {
             platform,
             devices.hotplug.clone(),
             config.eject_timeout,
+            config.reacquire_timeout,
             devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
         )));
-        Ok(Self {
-            _kvm: kvm,
-            fd,
-            cpuid,
-            memory,
-            phys_bits,
-            devices,
-            config: config.clone(),
-            hotplug,
-        })
+        Ok(Self { _kvm: kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone(), hotplug, dma_done })
     }
 
     /// Opens and plugs the validated `--device`s (before the guest boots).
@@ -157,6 +157,7 @@ impl Vm {
         let hotplug_watcher = HotplugWatcher::new(
             self.devices.eject_evt.try_clone().map_err(VmmError::EventLoop)?,
             self.devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
+            self.dma_done.try_clone().map_err(VmmError::EventLoop)?,
             self.hotplug.clone(),
         );
         manager.add_subscriber(Arc::new(Mutex::new(hotplug_watcher)));

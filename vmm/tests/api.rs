@@ -37,7 +37,9 @@ fn ping_info_pause_resume_shutdown() {
         memory: 16 << 20,
         serial: SerialConfig::File(out.clone()),
         devices: vec![],
-        api_socket: Some(sock.clone()), eject_timeout: std::time::Duration::from_secs(30),
+        api_socket: Some(sock.clone()),
+        eject_timeout: std::time::Duration::from_secs(30),
+        reacquire_timeout: std::time::Duration::from_secs(10),
     };
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -11,11 +11,8 @@ fn fake_bzimage(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vfvmm"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("vfvmm runs");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vfvmm")).args(args).env("RUST_BACKTRACE", "1").output().expect("vfvmm runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

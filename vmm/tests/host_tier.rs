@@ -72,7 +72,9 @@ fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u
         memory: 16 << 20,
         serial: SerialConfig::File(out.clone()),
         devices: vec![],
-        api_socket: None, eject_timeout: std::time::Duration::from_secs(30),
+        api_socket: None,
+        eject_timeout: std::time::Duration::from_secs(30),
+        reacquire_timeout: std::time::Duration::from_secs(10),
     };
     let result = vmm::run_flat(code, 0x10000, &config);
     let bytes = std::fs::read(&out).unwrap_or_default();

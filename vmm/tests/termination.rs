@@ -11,7 +11,15 @@ use vmm::GuestExit;
 fn sigterm_stops_the_vm_cleanly() {
     // Real mode: hlt; jmp back to hlt — the guest idles forever.
     let code = [0xf4, 0xeb, 0xfd];
-    let config = VmConfig { cpus: 2, memory: 16 << 20, serial: SerialConfig::Off, devices: vec![], api_socket: None, eject_timeout: std::time::Duration::from_secs(30) };
+    let config = VmConfig {
+        cpus: 2,
+        memory: 16 << 20,
+        serial: SerialConfig::Off,
+        devices: vec![],
+        api_socket: None,
+        eject_timeout: std::time::Duration::from_secs(30),
+        reacquire_timeout: std::time::Duration::from_secs(10),
+    };
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_millis(500));
         // SAFETY: sending a signal to our own process; the VMM has a handler installed.

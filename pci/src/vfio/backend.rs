@@ -64,7 +64,8 @@ impl VfioBackend for RealVfio {
     fn mmap(&self, index: u32, offset: u64, size: u64) -> Result<HostMapping, VfioBackendError> {
         let fd_offset = self.device.get_region_offset(index) + offset;
         let len = usize::try_from(size).map_err(|_| VfioBackendError::Vfio(format!("mmap size {size:#x}")))?;
-        let off = libc::off_t::try_from(fd_offset).map_err(|_| VfioBackendError::Vfio(format!("mmap offset {fd_offset:#x}")))?;
+        let off = libc::off_t::try_from(fd_offset)
+            .map_err(|_| VfioBackendError::Vfio(format!("mmap offset {fd_offset:#x}")))?;
         // SAFETY: a fresh shared mapping of the device fd at an offset/size the kernel reported
         // as mmappable; the result is checked and owned by the returned HostMapping.
         let addr = unsafe {

@@ -41,7 +41,13 @@ mod tests {
 
     #[test]
     fn walks_the_list() {
-        let regs = [(1, STATUS_CAPABILITIES_LIST), (0x34 / 4, 0x40), (0x40 / 4, 0x0000_7001), (0x70 / 4, 0x0002_a011), (0xa0 / 4, 0x0000_0010)];
+        let regs = [
+            (1, STATUS_CAPABILITIES_LIST),
+            (0x34 / 4, 0x40),
+            (0x40 / 4, 0x0000_7001),
+            (0x70 / 4, 0x0002_a011),
+            (0xa0 / 4, 0x0000_0010),
+        ];
         assert_eq!(capabilities(space(&regs)), vec![(0x01, 0x40), (0x11, 0x70), (0x10, 0xa0)]);
         assert_eq!(find_capability(space(&regs), CAP_ID_MSIX), Some(0x70));
         assert_eq!(find_capability(space(&regs), CAP_ID_MSI), None);
@@ -50,7 +56,8 @@ mod tests {
     #[test]
     fn no_list_and_loops_are_handled() {
         assert!(capabilities(space(&[(0x34 / 4, 0x40)])).is_empty());
-        let looped = [(1, STATUS_CAPABILITIES_LIST), (0x34 / 4, 0x40), (0x40 / 4, 0x0000_5001), (0x50 / 4, 0x0000_4005)];
+        let looped =
+            [(1, STATUS_CAPABILITIES_LIST), (0x34 / 4, 0x40), (0x40 / 4, 0x0000_5001), (0x50 / 4, 0x0000_4005)];
         assert_eq!(capabilities(space(&looped)).len(), 2);
         let bad = [(1, STATUS_CAPABILITIES_LIST), (0x34 / 4, 0x20)];
         assert!(capabilities(space(&bad)).is_empty(), "pointer into the header");

@@ -12,9 +12,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::binding::HostBinding;
 use super::caps::{find_capability, CAP_ID_MSI, CAP_ID_MSIX};
 use super::msix_routing::{MsiRouting, MsixRouting, MsixRoutingError};
-use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
+use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX};
 use crate::bar::{BarInfo, BarKind, BarShadow, NUM_BARS, ROM_REG};
 use crate::bus::PciDevice;
 use crate::configuration::{merge_bytes, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
@@ -64,6 +65,18 @@ pub fn subtract_spans(areas: &[Span], holes: &[Span]) -> Vec<Span> {
     }
     out.retain(|&(_, l)| l > 0);
     out
+}
+
+/// mmaps `spans` of region `region`; a part that cannot be mapped traps instead.
+pub(super) fn mmap_spans(backend: &dyn VfioBackend, region: u32, spans: &[Span]) -> Vec<(u64, HostMapping)> {
+    let mut areas = Vec::new();
+    for &(offset, size) in spans {
+        match backend.mmap(region, offset, size) {
+            Ok(m) => areas.push((offset, m)),
+            Err(e) => log::warn!("region {region}: {e}; that part will trap"),
+        }
+    }
+    areas
 }
 
 fn page_span(offset: u64, size: u64) -> Span {
@@ -141,25 +154,33 @@ pub fn discover_bars(backend: &dyn VfioBackend) -> Vec<BarInfo> {
 }
 
 /// One BAR's mapping state.
-struct BarMapping {
-    info: BarInfo,
-    /// mmapped parts `(offset in BAR, host mapping)`; created once, reused across moves.
-    areas: Vec<(u64, HostMapping)>,
+pub(super) struct BarMapping {
+    pub(super) info: BarInfo,
+    /// The parts of the BAR to mmap (mmappable areas minus the MSI-X pages), `(offset, size)`.
+    pub(super) spans: Vec<Span>,
+    /// mmapped parts `(offset in BAR, host mapping)`; created once per binding, reused across
+    /// moves, dropped when the device is released.
+    pub(super) areas: Vec<(u64, HostMapping)>,
     trapped: Arc<TrappedBar>,
     /// Where it is mapped now: guest base and the platform's slot handles.
     live: Option<(u64, Vec<u32>)>,
 }
 
 pub struct VfioPciDevice {
-    backend: Arc<dyn VfioBackend>,
-    platform: Arc<dyn VmPlatform>,
-    bars: BarShadow,
-    mappings: Vec<BarMapping>,
+    /// The host device; everything below reaches it through this (see [`HostBinding`]).
+    pub(super) binding: Arc<HostBinding>,
+    /// `binding`, as the backend the routing and trapped BARs hold.
+    pub(super) backend: Arc<dyn VfioBackend>,
+    pub(super) platform: Arc<dyn VmPlatform>,
+    pub(super) bars: BarShadow,
+    pub(super) mappings: Vec<BarMapping>,
     /// Byte offset of the MSI-X capability and its routing.
-    msix: Option<(usize, Arc<Mutex<MsixRouting>>)>,
+    pub(super) msix: Option<(usize, Arc<Mutex<MsixRouting>>)>,
     /// Byte offset of the MSI capability and its routing.
-    msi: Option<(usize, MsiRouting)>,
-    decode: bool,
+    pub(super) msi: Option<(usize, MsiRouting)>,
+    pub(super) decode: bool,
+    /// Pause/release state (see `lifecycle.rs`).
+    pub(super) life: super::lifecycle::Lifecycle,
 }
 
 impl VfioPciDevice {
@@ -171,6 +192,8 @@ impl VfioPciDevice {
         bars: &[BarInfo],
         addresses: &[(usize, u64)],
     ) -> Result<Self, VfioPciError> {
+        let binding = Arc::new(HostBinding::new(backend));
+        let backend: Arc<dyn VfioBackend> = binding.clone();
         let read = |reg: usize| backend.config_read_u32(reg);
         let msix_cap = find_capability(read, CAP_ID_MSIX);
         let msi_cap = find_capability(read, CAP_ID_MSI);
@@ -192,7 +215,8 @@ impl VfioPciDevice {
         let msi = match msi_cap {
             Some(cap) => {
                 let control = (backend.config_read_u32(cap / 4) >> 16) as u16;
-                let routing = MsiRouting::new(MsiCapability::new(cap, control), control, backend.clone(), platform.clone())?;
+                let routing =
+                    MsiRouting::new(MsiCapability::new(cap, control), control, backend.clone(), platform.clone())?;
                 Some((cap, routing))
             }
             None => None,
@@ -236,17 +260,18 @@ impl VfioPciDevice {
                 }
             }
             let info_region = backend.region(region).unwrap_or_default();
-            let mut areas = Vec::new();
-            for (offset, size) in subtract_spans(&info_region.mmappable_areas(), &holes) {
-                match backend.mmap(region, offset, size) {
-                    Ok(m) => areas.push((offset, m)),
-                    Err(e) => log::warn!("BAR {}: {e}; that part will trap", info.index),
-                }
-            }
-            let trapped = Arc::new(TrappedBar { region, backend: backend.clone(), msix: msix_here, forwarded: AtomicU64::new(0) });
-            mappings.push(BarMapping { info: *info, areas, trapped, live: None });
+            let spans = subtract_spans(&info_region.mmappable_areas(), &holes);
+            let areas = mmap_spans(backend.as_ref(), region, &spans);
+            let trapped = Arc::new(TrappedBar {
+                region,
+                backend: backend.clone(),
+                msix: msix_here,
+                forwarded: AtomicU64::new(0),
+            });
+            mappings.push(BarMapping { info: *info, spans, areas, trapped, live: None });
         }
         Ok(Self {
+            binding,
             backend,
             platform,
             bars: BarShadow::new(&placed),
@@ -254,6 +279,7 @@ impl VfioPciDevice {
             msix: msix.map(|(cap, _, routing)| (cap, routing)),
             msi,
             decode: false,
+            life: Default::default(),
         })
     }
 
@@ -278,7 +304,7 @@ impl VfioPciDevice {
             .collect()
     }
 
-    fn unmap_bar(&mut self, i: usize) {
+    pub(super) fn unmap_bar(&mut self, i: usize) {
         let m = &mut self.mappings[i];
         if let Some((base, slots)) = m.live.take() {
             for slot in slots {
@@ -288,8 +314,10 @@ impl VfioPciDevice {
         }
     }
 
-    fn map_bar(&mut self, i: usize) {
-        let Some(base) = self.bars.address(self.mappings[i].info.index) else { return };
+    pub(super) fn map_bar(&mut self, i: usize) {
+        let Some(base) = self.bars.address(self.mappings[i].info.index) else {
+            return;
+        };
         if self.mappings[i].live.as_ref().is_some_and(|(b, _)| *b == base) {
             return;
         }
@@ -377,7 +405,11 @@ impl PciDevice for VfioPciDevice {
         if reg == ROM_REG {
             return 0;
         }
-        let value = self.backend.config_read_u32(reg);
+        let mut value = self.device_config_read(reg);
+        if reg == REG_COMMAND_STATUS && self.life.deferred_bus_master {
+            // The guest sees the bus mastering it asked for; the device gets it once RAM is mapped.
+            value |= u32::from(COMMAND_BUS_MASTER);
+        }
         if Some(reg) == self.msix_control_reg() {
             let control = self.msix.as_ref().and_then(|(_, r)| r.lock().ok().map(|r| r.state.control())).unwrap_or(0);
             return (value & 0xffff) | (u32::from(control) << 16);
@@ -424,16 +456,14 @@ impl PciDevice for VfioPciDevice {
             return;
         }
         let mut data = data.to_vec();
-        if reg == REG_COMMAND_STATUS && offset == 0 && data.first().is_some_and(|b| u16::from(*b) & COMMAND_BUS_MASTER != 0) {
-            // No DMA before guest RAM is mapped in the IOMMU.
-            if let Err(e) = self.platform.wait_dma_ready() {
-                log::error!("bus mastering stays off: guest memory is not DMA-mapped: {e}");
-                data[0] &= !(COMMAND_BUS_MASTER as u8);
+        if reg == REG_COMMAND_STATUS && offset == 0 {
+            if let Some(first) = data.first_mut() {
+                self.filter_bus_master(first);
             }
         }
-        self.backend.region_write(VFIO_PCI_CONFIG_REGION_INDEX, reg as u64 * 4 + offset, &data);
+        self.device_config_write(reg, offset, &data);
         if reg == REG_COMMAND_STATUS && offset < 2 {
-            let command = self.backend.config_read_u32(REG_COMMAND_STATUS) as u16;
+            let command = self.device_config_read(REG_COMMAND_STATUS) as u16;
             self.set_decode(command & COMMAND_MEMORY_SPACE != 0);
         }
     }

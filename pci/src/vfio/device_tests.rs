@@ -23,7 +23,10 @@ fn enable_memory(dev: &mut VfioPciDevice) {
 
 #[test]
 fn subtract_spans_cuts_holes() {
-    assert_eq!(subtract_spans(&[(0, 0x4000)], &[(0, 0x1000), (0x2000, 0x1000)]), vec![(0x1000, 0x1000), (0x3000, 0x1000)]);
+    assert_eq!(
+        subtract_spans(&[(0, 0x4000)], &[(0, 0x1000), (0x2000, 0x1000)]),
+        vec![(0x1000, 0x1000), (0x3000, 0x1000)]
+    );
     assert_eq!(subtract_spans(&[(0, 0x4000)], &[]), vec![(0, 0x4000)]);
     assert_eq!(subtract_spans(&[(0, 0x1000)], &[(0, 0x4000)]), vec![]);
     assert_eq!(page_span(0x2000, 8), (0x2000, 0x1000));
@@ -34,7 +37,10 @@ fn subtract_spans_cuts_holes() {
 fn bars_are_discovered_and_shadowed() {
     let (mut dev, backend, _) = device();
     let bars = discover_bars(backend.as_ref());
-    assert_eq!(bars.iter().map(|b| (b.index, b.size, b.kind)).collect::<Vec<_>>(), vec![(0, 0x4000, BarKind::Mem64), (3, 0x4000, BarKind::Mem64)]);
+    assert_eq!(
+        bars.iter().map(|b| (b.index, b.size, b.kind)).collect::<Vec<_>>(),
+        vec![(0, 0x4000, BarKind::Mem64), (3, 0x4000, BarKind::Mem64)]
+    );
     assert_eq!(dev.config_read(4), BAR0 as u32 | 0xc);
     assert_eq!(dev.config_read(5), 0);
     // Sizing does not reach the device.
@@ -175,17 +181,33 @@ fn a_device_without_msi_or_msix_is_refused() {
 }
 
 #[test]
-fn bus_mastering_waits_for_dma_mapping_and_stays_off_when_it_failed() {
+fn bus_mastering_is_deferred_until_dma_mapping_and_stays_off_when_it_failed() {
+    use crate::vfio::DmaState;
     let (mut dev, backend, platform) = device();
-    dev.config_write(1, 0, &COMMAND_MEMORY_SPACE.to_le_bytes());
-    assert_eq!(*platform.dma_waits.lock().unwrap(), 0, "no wait without bus mastering");
+    let device_command = || backend.config.lock().unwrap()[4];
+    *platform.dma.lock().unwrap() = Some(DmaState::Pending);
     enable_memory(&mut dev);
-    assert_eq!(*platform.dma_waits.lock().unwrap(), 1);
-    assert_eq!(backend.config.lock().unwrap()[4] & 0x4, 0x4);
-    *platform.dma_error.lock().unwrap() = Some("IOMMU full".into());
+    assert_eq!(device_command() & 0x6, 0x2, "memory on, bus mastering not yet: RAM is being mapped");
+    assert_eq!(dev.config_read(1) & 0x6, 0x6, "the guest reads back what it wrote");
+    dev.apply_deferred_bus_master();
+    assert_eq!(device_command() & 0x4, 0, "still mapping: nothing changes");
+    *platform.dma.lock().unwrap() = Some(DmaState::Ready);
+    dev.apply_deferred_bus_master();
+    assert_eq!(device_command() & 0x6, 0x6, "mapped: the device masters the bus");
+    dev.apply_deferred_bus_master();
+    // A guest that turns it off before the mapping is done does not get it later.
     dev.config_write(1, 0, &0u16.to_le_bytes());
+    *platform.dma.lock().unwrap() = Some(DmaState::Pending);
     enable_memory(&mut dev);
-    assert_eq!(backend.config.lock().unwrap()[4] & 0x6, 0x2, "memory on, bus master refused");
+    dev.config_write(1, 0, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    *platform.dma.lock().unwrap() = Some(DmaState::Ready);
+    dev.apply_deferred_bus_master();
+    assert_eq!(device_command() & 0x6, 0x2);
+    // Mapping failed: bus mastering stays off.
+    *platform.dma.lock().unwrap() = Some(DmaState::Failed("IOMMU full".into()));
+    enable_memory(&mut dev);
+    assert_eq!(device_command() & 0x6, 0x2, "memory on, bus master refused");
+    assert_eq!(dev.config_read(1) & 0x4, 0);
 }
 
 #[test]

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{BarHandler, BarMap, HostMapping, RegionInfo, VfioBackend, VfioBackendError, VmPlatform, VFIO_PCI_CONFIG_REGION_INDEX};
+use super::{
+    BarHandler, BarMap, HostMapping, RegionInfo, VfioBackend, VfioBackendError, VmPlatform,
+    VFIO_PCI_CONFIG_REGION_INDEX,
+};
 use crate::msix::MsiMessage;
 
 /// A VFIO device: config space bytes, regions, and a log of what the VMM asked.
@@ -39,11 +42,21 @@ impl FakeVfio {
         put(0x74, 0x0000_0003); // table: BAR3 + 0
         put(0x78, 0x0000_2003); // PBA: BAR3 + 0x2000
         put(0xa0, 0x0002_0010); // PCIe, end of list
-        let bar = |sparse| RegionInfo { size: 0x4000, readable: true, writable: true, mmappable: true, sparse, msix_mappable: false };
+        let bar = |sparse| RegionInfo {
+            size: 0x4000,
+            readable: true,
+            writable: true,
+            mmappable: true,
+            sparse,
+            msix_mappable: false,
+        };
         let mut regions = BTreeMap::new();
         regions.insert(0, bar(None));
         regions.insert(3, bar(Some(vec![(0x1000, 0x1000), (0x3000, 0x1000)])));
-        regions.insert(VFIO_PCI_CONFIG_REGION_INDEX, RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() });
+        regions.insert(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() },
+        );
         Self { config: Mutex::new(cfg), regions, ..Default::default() }
     }
 
@@ -57,8 +70,21 @@ impl FakeVfio {
         put(0x34, 0x50);
         put(0x50, 0x0184_0005); // MSI, end of list; control: per-vector mask, 64-bit, MMC=2
         let mut regions = BTreeMap::new();
-        regions.insert(0, RegionInfo { size: 0x1000, readable: true, writable: true, mmappable: true, sparse: None, msix_mappable: false });
-        regions.insert(VFIO_PCI_CONFIG_REGION_INDEX, RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() });
+        regions.insert(
+            0,
+            RegionInfo {
+                size: 0x1000,
+                readable: true,
+                writable: true,
+                mmappable: true,
+                sparse: None,
+                msix_mappable: false,
+            },
+        );
+        regions.insert(
+            VFIO_PCI_CONFIG_REGION_INDEX,
+            RegionInfo { size: 4096, readable: true, writable: true, ..Default::default() },
+        );
         Self { config: Mutex::new(cfg), regions, ..Default::default() }
     }
 }
@@ -92,7 +118,14 @@ impl VfioBackend for FakeVfio {
     fn mmap(&self, _index: u32, _offset: u64, size: u64) -> Result<HostMapping, VfioBackendError> {
         // SAFETY: an anonymous private mapping, checked below and owned by the HostMapping.
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), size as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED);
         // SAFETY: the live mapping created above.
@@ -139,9 +172,8 @@ pub struct FakePlatform {
     /// GSIs with an attached irqfd.
     pub irqfds: Mutex<Vec<u32>>,
     pub bars: BarMap,
-    /// `Some(reason)`: DMA mapping failed.
-    pub dma_error: Mutex<Option<String>>,
-    pub dma_waits: Mutex<u32>,
+    /// What [`VmPlatform::dma_state`] answers (default: ready).
+    pub dma: Mutex<Option<super::DmaState>>,
 }
 
 impl FakePlatform {
@@ -200,8 +232,7 @@ impl VmPlatform for FakePlatform {
         self.bars.remove(base);
     }
 
-    fn wait_dma_ready(&self) -> Result<(), String> {
-        *self.dma_waits.lock().unwrap() += 1;
-        self.dma_error.lock().unwrap().clone().map_or(Ok(()), Err)
+    fn dma_state(&self) -> super::DmaState {
+        self.dma.lock().unwrap().clone().unwrap_or(super::DmaState::Ready)
     }
 }

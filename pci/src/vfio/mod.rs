@@ -6,9 +6,11 @@
 //! virtualization, BAR placement and mapping, MSI-X — is plain logic, unit-tested here.
 
 pub mod backend;
+pub mod binding;
 pub mod caps;
 pub mod device;
 pub mod fake;
+pub mod lifecycle;
 pub mod msix_routing;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use crate::msix::MsiMessage;
 
 pub use backend::RealVfio;
 pub use device::{VfioPciDevice, VfioPciError};
+pub use lifecycle::LifecycleError;
 
 /// VFIO PCI region and IRQ indices (linux/vfio.h).
 pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
@@ -144,11 +147,21 @@ pub trait VmPlatform: Send + Sync {
     /// Guest MMIO in `base..base + size` that is not mapped goes to `handler`.
     fn register_bar(&self, base: u64, size: u64, handler: Arc<dyn BarHandler>) -> Result<(), String>;
     fn unregister_bar(&self, base: u64);
-    /// Blocks until guest RAM is DMA-mapped for devices. Called before a device is allowed
-    /// to master the bus, so mapping can run while the guest boots.
-    fn wait_dma_ready(&self) -> Result<(), String> {
-        Ok(())
+    /// Whether guest RAM is DMA-mapped for devices. A device may master the bus only once it
+    /// is; mapping runs while the guest boots, and nothing waits for it (see
+    /// [`VfioPciDevice::apply_deferred_bus_master`]).
+    fn dma_state(&self) -> DmaState {
+        DmaState::Ready
     }
+}
+
+/// Guest RAM in the IOMMU, as far as devices are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DmaState {
+    Ready,
+    /// Being mapped; the VMM applies deferred bus mastering when it is done.
+    Pending,
+    Failed(String),
 }
 
 /// BAR base → (size, handler).

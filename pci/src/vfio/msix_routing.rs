@@ -5,6 +5,11 @@
 //! detached and its interrupts wait in the eventfd; unmasking re-attaches the irqfd, and KVM
 //! delivers what was waiting. The route is always updated before the irqfd is attached, so a
 //! vector never fires with a stale message.
+//!
+//! "Unmasked by the guest" and "irqfd attached" are separate: a quiesced device (VM paused)
+//! has every irqfd detached whatever the guest's masks say, and its arrivals wait (and show in
+//! the PBA) until it is unquiesced. A released device keeps its eventfds, GSIs and routes; only
+//! VFIO's side goes, and [`MsixRouting::rebind`] hands the same eventfds to the new device.
 
 use std::sync::Arc;
 
@@ -20,13 +25,20 @@ pub enum MsixRoutingError {
     EventFd { vector: u16, source: std::io::Error },
     #[error("cannot allocate a GSI for MSI-X vector {vector}: {reason}")]
     Gsi { vector: u16, reason: String },
+    #[error("cannot enable interrupts on the device: {0}")]
+    Vfio(String),
 }
 
 /// One GSI, eventfd and irqfd per vector, shared by the MSI-X and MSI paths.
 pub struct VectorRoutes {
     gsis: Vec<u32>,
     eventfds: Vec<EventFd>,
+    /// The guest has the vector effectively unmasked (its route is programmed).
+    unmasked: Vec<bool>,
+    /// The vector's irqfd is attached to its GSI.
     attached: Vec<bool>,
+    /// Quiesced: no irqfd is attached, whatever the guest unmasked.
+    quiesced: bool,
     platform: Arc<dyn VmPlatform>,
 }
 
@@ -36,9 +48,11 @@ impl VectorRoutes {
         let mut eventfds = Vec::with_capacity(usize::from(vectors));
         for vector in 0..vectors {
             gsis.push(platform.allocate_gsi().map_err(|reason| MsixRoutingError::Gsi { vector, reason })?);
-            eventfds.push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MsixRoutingError::EventFd { vector, source })?);
+            eventfds
+                .push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MsixRoutingError::EventFd { vector, source })?);
         }
-        Ok(Self { gsis, attached: vec![false; usize::from(vectors)], eventfds, platform })
+        let n = usize::from(vectors);
+        Ok(Self { gsis, unmasked: vec![false; n], attached: vec![false; n], quiesced: false, eventfds, platform })
     }
 
     pub fn gsis(&self) -> &[u32] {
@@ -47,6 +61,26 @@ impl VectorRoutes {
 
     pub fn eventfds(&self, n: usize) -> Vec<&EventFd> {
         self.eventfds.iter().take(n).collect()
+    }
+
+    fn attach(&mut self, v: usize) {
+        if self.attached[v] {
+            return;
+        }
+        match self.platform.attach_irqfd(&self.eventfds[v], self.gsis[v]) {
+            Ok(()) => self.attached[v] = true,
+            Err(e) => log::warn!("vector {v}: cannot attach irqfd: {e}"),
+        }
+    }
+
+    fn detach(&mut self, v: usize) {
+        if !self.attached[v] {
+            return;
+        }
+        if let Err(e) = self.platform.detach_irqfd(&self.eventfds[v], self.gsis[v]) {
+            log::warn!("vector {v}: cannot detach irqfd: {e}");
+        }
+        self.attached[v] = false;
     }
 
     /// Route first, then attach: a vector never fires with a stale message.
@@ -60,26 +94,57 @@ impl VectorRoutes {
                         log::warn!("MSI-X vector {vector}: cannot route: {e}");
                         continue;
                     }
-                    if !self.attached[v] {
-                        match self.platform.attach_irqfd(&self.eventfds[v], self.gsis[v]) {
-                            Ok(()) => self.attached[v] = true,
-                            Err(e) => log::warn!("MSI-X vector {vector}: cannot attach irqfd: {e}"),
-                        }
+                    self.unmasked[v] = true;
+                    if !self.quiesced {
+                        self.attach(v);
                     }
                     routed.push(vector);
                 }
                 VectorChange::Mask { vector } => {
                     let v = usize::from(vector);
-                    if self.attached[v] {
-                        if let Err(e) = self.platform.detach_irqfd(&self.eventfds[v], self.gsis[v]) {
-                            log::warn!("MSI-X vector {vector}: cannot detach irqfd: {e}");
-                        }
-                        self.attached[v] = false;
-                    }
+                    self.unmasked[v] = false;
+                    self.detach(v);
                 }
             }
         }
         routed
+    }
+
+    /// Detaches every irqfd: arrivals wait in the eventfds.
+    pub fn quiesce(&mut self) {
+        self.quiesced = true;
+        for v in 0..self.attached.len() {
+            self.detach(v);
+        }
+    }
+
+    /// Re-attaches the irqfds of the vectors the guest has unmasked; KVM delivers what waited
+    /// in each eventfd once. With `kick`, each of those vectors is raised once more (after a
+    /// device was re-acquired: its driver looks at the device again).
+    pub fn unquiesce(&mut self, kick: bool) {
+        self.quiesced = false;
+        if kick {
+            self.kick();
+        }
+        for v in 0..self.unmasked.len() {
+            if self.unmasked[v] {
+                self.attach(v);
+            }
+        }
+    }
+
+    /// Raises every vector the guest has unmasked once (a spurious interrupt a driver
+    /// handles by looking at its device).
+    fn kick(&self) {
+        for v in (0..self.unmasked.len()).filter(|&v| self.unmasked[v]) {
+            if let Err(e) = self.eventfds[v].write(1) {
+                log::warn!("vector {v}: cannot raise: {e}");
+            }
+        }
+    }
+
+    pub fn attached(&self, v: usize) -> bool {
+        self.attached[v]
     }
 
     /// Whether vector `v`'s eventfd fired while its irqfd was detached. The count is put back
@@ -175,6 +240,38 @@ impl MsixRouting {
     pub fn shutdown(&mut self) {
         self.set_control(0);
     }
+
+    pub fn quiesce(&mut self) {
+        self.routes.quiesce();
+    }
+
+    pub fn unquiesce(&mut self, kick: bool) {
+        self.routes.unquiesce(kick);
+    }
+
+    pub fn routes(&self) -> &VectorRoutes {
+        &self.routes
+    }
+
+    /// The device goes back to the host: VFIO's MSI-X off. The table, routes and eventfds stay.
+    pub fn release(&mut self) {
+        if self.vfio_enabled {
+            if let Err(e) = self.backend.disable_msix() {
+                log::warn!("cannot disable MSI-X on the device: {e}");
+            }
+            self.vfio_enabled = false;
+        }
+    }
+
+    /// A new device is bound: MSI-X on again, with the same eventfds, if the guest had it on.
+    pub fn rebind(&mut self) -> Result<(), MsixRoutingError> {
+        if self.state.enabled() && !self.vfio_enabled {
+            let fds = self.routes.eventfds(usize::from(self.layout.vectors));
+            self.backend.enable_msix(&fds).map_err(|e| MsixRoutingError::Vfio(e.to_string()))?;
+            self.vfio_enabled = true;
+        }
+        Ok(())
+    }
 }
 
 /// MSI of a passed-through function: the emulated capability wired like MSI-X.
@@ -224,5 +321,35 @@ impl MsiRouting {
 
     pub fn shutdown(&mut self) {
         self.write(0, 0);
+    }
+
+    pub fn quiesce(&mut self) {
+        self.routes.quiesce();
+    }
+
+    pub fn unquiesce(&mut self, kick: bool) {
+        self.routes.unquiesce(kick);
+    }
+
+    /// The device goes back to the host: VFIO's MSI off; the capability state stays.
+    pub fn release(&mut self) {
+        if self.vfio_vectors != 0 {
+            if let Err(e) = self.backend.disable_msi() {
+                log::warn!("cannot disable MSI on the device: {e}");
+            }
+            self.vfio_vectors = 0;
+        }
+    }
+
+    /// A new device is bound: MSI on again with the same eventfds, if the guest had it on.
+    pub fn rebind(&mut self) -> Result<(), MsixRoutingError> {
+        let wanted = if self.state.enabled() { self.state.vectors() } else { 0 };
+        if wanted != 0 && self.vfio_vectors == 0 {
+            self.backend
+                .enable_msi(&self.routes.eventfds(usize::from(wanted)))
+                .map_err(|e| MsixRoutingError::Vfio(e.to_string()))?;
+            self.vfio_vectors = wanted;
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@
 #           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console)
 #   DETACH  hot-detach: API call (vfctl remove-device / QMP device_del) -> the VF is free in L1
 #           (its /dev/vfio group can be opened again)
+#   RECONF_PAUSE / RECONF_DETACH: reconfiguring one vfvmm VM's PF by pause vs by detach (below)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
 set -uo pipefail
 # shellcheck source=../lib.sh
@@ -30,7 +31,7 @@ qemu_cmd() {
         -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz"
 }
 
-# BENCH_ONLY=boot|vf|hotplug runs one section.
+# BENCH_ONLY=boot|vf|reconf|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
 section boot && for ((round = 1; round <= ROUNDS; round++)); do
@@ -65,9 +66,63 @@ section vf && for ((round = 1; round <= ROUNDS; round++)); do
     echo "RTT qemu $round $(rtt "vf-qemu-$round" || true)" | tee -a "$out"
 done
 
-# Hot-attach / hot-detach latency, 3 rounds each in one guest per VMM.
 HERE=$(dirname "${BASH_SOURCE[0]}")/..
 VFCTL=$(dirname "$VFVMM")/vfctl
+PFDIR=/sys/bus/pci/devices/0000:01:00.0
+ms_now() { echo $(($(now_ns) / 1000000)); }
+recreate_vfs() {  # the PF's VF count through 0 and back to 2, VFs bound to vfio-pci
+    echo 0 > "$PFDIR/sriov_numvfs"
+    echo 2 > "$PFDIR/sriov_numvfs"
+    bind_to "$VF0" vfio-pci >/dev/null
+    bind_to 0000:01:10.2 vfio-pci >/dev/null
+}
+
+# Reconfigure one VM (the PF's VF count through 0 and back) by pause vs by detach, in one VM:
+#   RECONF_PAUSE   pause + release -> numvfs 2 -> 0 -> 2 -> resume -> first ping reply via the VF
+#                  (parts: RP_PAUSE pause+release, RP_NUMVFS VF re-creation, RP_RESUME resume with
+#                  re-acquire, RP_GUEST resume -> first reply, the guest driver's recovery)
+#   RECONF_DETACH  remove-device -> VF free -> numvfs 2 -> 0 -> 2 -> add-device -> the guest's
+#                  igbvf bound, its netdev up -> first ping reply
+if section reconf; then
+    SOCKR=/tmp/bench-reconf.sock
+    # shellcheck disable=SC2046
+    vmm_start rc-vfvmm 1800 -- $(vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0,id=vf0" --api-socket "path=$SOCKR" \
+        --cmdline "$APPEND l2.vf=1 l2.ip=192.0.2.10 l2.action=shell"
+    wait_for_marker rc-vfvmm "L2-ACTION shell" 600
+    gbdf=0000:00:01.0 ip=10
+    for ((round = 1; round <= ROUNDS; round++)); do
+        t0=$(ms_now)
+        "$VFCTL" --api-socket "$SOCKR" pause --release > /dev/null
+        t1=$(ms_now)
+        recreate_vfs
+        t2=$(ms_now)
+        "$VFCTL" --api-socket "$SOCKR" resume
+        t3=$(ms_now)
+        res=$(guest_cmd rc-vfvmm 120 "/init vf-wait-ping $gbdf 60")
+        t4=$(ms_now)
+        if [[ $res == *ok=1* ]]; then
+            echo "RECONF_PAUSE vfvmm $round $((t4 - t0))" | tee -a "$out"
+            printf 'RP_PAUSE vfvmm %s %s\nRP_NUMVFS vfvmm %s %s\nRP_RESUME vfvmm %s %s\nRP_GUEST vfvmm %s %s\n' \
+                "$round" $((t1 - t0)) "$round" $((t2 - t1)) "$round" $((t3 - t2)) "$round" $((t4 - t3)) | tee -a "$out"
+        fi
+        t0=$(ms_now)
+        id=$(printf 'vf%02d' "$round")
+        "$VFCTL" --api-socket "$SOCKR" remove-device "$([[ $round == 1 ]] && echo vf0 || echo "vf$(printf '%02d' $((round - 1)))")" > /dev/null
+        until "$VFCTL" --api-socket "$SOCKR" info | grep -q "Detached"; do sleep 0.05; done
+        recreate_vfs
+        gbdf=$("$VFCTL" --api-socket "$SOCKR" --json add-device "path=/sys/bus/pci/devices/$VF0,id=$id" \
+            | python3 -c 'import json,sys; print(json.load(sys.stdin)["bdf"])')
+        ip=$((ip + 1))
+        res=$(guest_cmd rc-vfvmm 180 "i=0; while [ ! -e /sys/bus/pci/drivers/igbvf/$gbdf/net ] && [ \$i -lt 1200 ]; do sleep 0.05; i=\$((i+1)); done; /init vf-ping $gbdf 192.0.2.$ip 1 >/dev/null; /init vf-wait-ping $gbdf 60")
+        t4=$(ms_now)
+        [[ $res == *ok=1* ]] && echo "RECONF_DETACH vfvmm $round $((t4 - t0))" | tee -a "$out"
+    done
+    "$VFCTL" --api-socket "$SOCKR" shutdown-vmm > /dev/null 2>&1
+    vmm_wait rc-vfvmm
+fi
+section hotplug || exit 0
+
+# Hot-attach / hot-detach latency, 3 rounds each in one guest per VMM.
 GROUP=$(basename "$(readlink "/sys/bus/pci/devices/$VF0/iommu_group")")
 HPARGS="$APPEND l2.hotplug=3 l2.ip=192.0.2.10 l2.action=shell"
 marker_ns() { awk -v m="$2" 'index($0, m) { print $1; exit }' "$RESULTS/$1.markers"; }

@@ -87,4 +87,12 @@ vf_vm vm-b $VF1 192.0.2.11
 vmm_wait vm-a
 vmm_wait vm-b
 echo "$(driver_of $VF0) $(driver_of $VF1)" > "$RESULTS/final.drivers"
+
+# README's real-host block, copied out of README.md verbatim and run as a host admin would,
+# with its variables pointed at this testbed (the VFs are re-created through 0 by the block).
+sed -n '/^<!-- real-host-begin -->$/,/^<!-- real-host-end -->$/p' "$REPO/README.md" \
+    | sed -n '/^```sh$/,/^```$/p' | sed '1d;$d' > "$RESULTS/real-host.sh"
+PF=$PF KERNEL=$TESTBED_CACHE/vmlinuz INITRD=$TESTBED_CACHE/l2.cpio.gz VFVMM=$VFVMM \
+    CMDLINE="$CMDLINE l2.vf=1 l2.ip=192.0.2.10 l2.action=poweroff" \
+    run_vmm real-host 400 -- bash -e "$RESULTS/real-host.sh"
 exit 0

@@ -1,0 +1,149 @@
+#!/bin/bash
+# Scenario (runs in L1): the VF lifecycle's Paused state. One L1 boot:
+#   quiesce    L2 paused while L1 pings it: VF0's bus mastering off and its vfio MSI-X counts
+#              frozen in L1; after resume they move and the guest pings
+#   cycles     5 x (pause, release (API: odd cycles; `echo 0 > sriov_numvfs`: even ones), VFs
+#              re-created and bound, resume, guest pings again with no unplug)
+#   two-vms    VMs with VF0 and VF1 paused and released, numvfs 2 -> 0 -> 4, resumed, both ping
+#   missing    resume while the VF does not exist: the VM runs, the device is Released with the
+#              reason; later pause + re-create + acquire-device + resume: pings again
+#   bad-*      release while running 405, acquire with another kind of device 409, unknown 404
+# Results: lifecycle.txt (KEY value lines) and the VMs' logs; tests/tests/testbed_lifecycle.rs
+# asserts on them.
+set -uo pipefail
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
+VFCTL=$(dirname "$VFVMM")/vfctl
+PFDIR=/sys/bus/pci/devices/0000:01:00.0
+VF0=0000:01:10.0
+VF1=0000:01:10.2
+GBDF=0000:00:01.0   # the VF at boot is in the guest's slot 1
+OUT=$RESULTS/lifecycle.txt
+: > "$OUT"
+fact() { echo "$*" >> "$OUT"; echo "L1-FACT $*"; }
+ms_now() { echo $(($(now_ns) / 1000000)); }
+
+vm_start() {  # vm_start NAME VF IP SOCK [extra vfvmm args]
+    local name=$1 vf=$2 ip=$3 sock=$4
+    shift 4
+    RUST_LOG=info vmm_start "$name" 1800 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+        --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M --cpus boot=2 \
+        --device "path=/sys/bus/pci/devices/$vf,id=vf0" --api-socket "path=$sock" "$@" \
+        --cmdline "console=ttyS0 panic=-1 quiet l2.vf=1 l2.ip=$ip l2.action=shell"
+    wait_for_marker "$name" "L2-ACTION shell" 600
+}
+# A VF's vfio MSI-X interrupt total in L1 (all vectors).
+vfio_irqs() { awk -v d="($1)" 'index($0, d) && /vfio-msix/ { for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) n += $i } END { print n + 0 }' /proc/interrupts; }
+# A device's command register as L1 sees it (hex).
+command_reg() { od -An -tx2 -j4 -N2 "/sys/bus/pci/devices/$1/config" | tr -d ' '; }
+# Re-create the PF's VFs: COUNT of them, all bound to vfio-pci. Prints ms taken by the 0 write.
+recreate_vfs() {
+    local count=$1 t0 i vf
+    t0=$(ms_now)
+    echo 0 > "$PFDIR/sriov_numvfs"
+    fact "numvfs0_ms $(($(ms_now) - t0))"
+    echo 0 > "$PFDIR/sriov_drivers_autoprobe"
+    [[ $count == 0 ]] && return
+    echo "$count" > "$PFDIR/sriov_numvfs"
+    for ((i = 0; i < count; i++)); do
+        vf=$(basename "$(readlink "$PFDIR/virtfn$i")")
+        bind_to "$vf" vfio-pci >/dev/null
+    done
+}
+info_binding() { "$VFCTL" --api-socket "$1" --json info | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["state"], *[x["id"] + "=" + x["binding"].replace(" ", "_") for x in d["devices"]])'; }
+
+vf_setup $VF0 $VF1
+
+# --- quiesce, observed from L1 ---
+SOCK=/run/lc-a.sock
+vm_start lc-a $VF0 192.0.2.10 $SOCK
+fact "boot_ping $(grep -ac '^L2-PING sent=3 received=3' "$RESULTS/lc-a.log")"
+fact "state_before $(guest_cmd lc-a 30 "/init vf-state $GBDF")"
+"$VFCTL" --api-socket $SOCK pause
+fact "paused_info $(info_binding $SOCK)"
+fact "paused_command $(command_reg $VF0)"
+i0=$(vfio_irqs $VF0)
+ping -c 5 -i 0.2 -W 1 192.0.2.10 > /dev/null 2>&1
+sleep 1
+i1=$(vfio_irqs $VF0)
+fact "paused_irqs $i0 $i1"
+"$VFCTL" --api-socket $SOCK resume
+fact "resumed_command $(command_reg $VF0)"
+fact "resumed_ping $(guest_cmd lc-a 60 "/init vf-ping $GBDF 192.0.2.10")"
+ping -c 3 -i 0.2 -W 1 192.0.2.10 > /dev/null 2>&1
+fact "resumed_irqs $i1 $(vfio_irqs $VF0)"
+
+# --- 5 release / re-create / resume cycles ---
+for cycle in 1 2 3 4 5; do
+    if ((cycle % 2)); then
+        "$VFCTL" --api-socket $SOCK pause --release > /dev/null
+        how=api
+    else
+        "$VFCTL" --api-socket $SOCK pause
+        how=numvfs   # the host's VFIO request releases it at once while paused
+    fi
+    fact "cycle$cycle how=$how released_info $( [[ $how == api ]] && info_binding $SOCK || echo -)"
+    recreate_vfs 2
+    fact "cycle$cycle after_numvfs_info $(info_binding $SOCK)"
+    t0=$(ms_now)
+    "$VFCTL" --api-socket $SOCK resume
+    fact "cycle$cycle resume_ms $(($(ms_now) - t0)) info $(info_binding $SOCK)"
+    fact "cycle$cycle $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+    fact "cycle$cycle $(guest_cmd lc-a 30 "/init vf-state $GBDF")"
+done
+
+# --- bad input (VM a, running) ---
+bad() { local out rc=0; out=$("$VFCTL" --api-socket $SOCK "$@" 2>&1) || rc=$?; fact "bad $* -> rc=$rc $out"; }
+bad release-device vf0
+bad release-device nosuch
+"$VFCTL" --api-socket $SOCK pause --release > /dev/null
+bad acquire-device nosuch
+# Another kind of device: an e1000 (both of its group's members on vfio-pci, so it is usable).
+xz -dc "$TESTBED_CACHE"/kernel/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz > /tmp/e1000.ko
+insmod /tmp/e1000.ko 2>/dev/null
+# shellcheck disable=SC2207
+E1000=($(grep -l 0x100e /sys/bus/pci/devices/*/device | xargs -n1 dirname | xargs -n1 basename | sort))
+for e in "${E1000[@]}"; do bind_to "$e" vfio-pci >/dev/null; done
+bad acquire-device vf0 "path=/sys/bus/pci/devices/${E1000[0]}"
+fact "after_bad_info $(info_binding $SOCK)"
+# The host re-creates the VFs (a VF only closed and reopened is reset by vfio-pci in a way
+# igbvf does not notice: see README, "The VF lifecycle").
+recreate_vfs 2
+"$VFCTL" --api-socket $SOCK resume
+fact "after_bad $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+
+# --- a VF that does not come back at resume ---
+"$VFCTL" --api-socket $SOCK pause --release > /dev/null
+recreate_vfs 0
+t0=$(ms_now)
+"$VFCTL" --api-socket $SOCK resume
+fact "missing resume_ms $(($(ms_now) - t0)) info $(info_binding $SOCK)"
+fact "missing guest_alive $(guest_cmd lc-a 30 "echo L2-ALIVE")"
+"$VFCTL" --api-socket $SOCK pause
+recreate_vfs 2
+"$VFCTL" --api-socket $SOCK acquire-device vf0
+fact "missing acquired_info $(info_binding $SOCK)"
+"$VFCTL" --api-socket $SOCK resume
+fact "missing $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+fact "final_state $(guest_cmd lc-a 30 "/init vf-state $GBDF")"
+
+# --- two VMs: VF0 and VF1 paused, numvfs 2 -> 0 -> 4, resumed ---
+SOCKB=/run/lc-b.sock
+vm_start lc-b $VF1 192.0.2.11 $SOCKB
+"$VFCTL" --api-socket $SOCK pause
+"$VFCTL" --api-socket $SOCKB pause
+recreate_vfs 4
+fact "two_vms vfs=$(cat $PFDIR/sriov_numvfs) a=$(info_binding $SOCK) b=$(info_binding $SOCKB)"
+"$VFCTL" --api-socket $SOCK resume
+"$VFCTL" --api-socket $SOCKB resume
+fact "two_vms_a $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+fact "two_vms_b $(guest_cmd lc-b 60 "/init vf-wait-ping $GBDF 30")"
+
+for s in $SOCK $SOCKB; do "$VFCTL" --api-socket $s shutdown-vmm; done
+vmm_wait lc-a
+vmm_wait lc-b
+fact "done"
+exit 0

@@ -1,0 +1,176 @@
+//! The VF lifecycle's Paused state, on the VMM thread: quiesce every device when the VM
+//! pauses, release a device's host side while paused (by API or because the host asked for
+//! it), re-acquire released devices (by API, or at resume at their own paths), and let the
+//! devices run again when the VM resumes. The guest keeps every device throughout: nothing here
+//! touches the hotplug slots.
+
+use std::time::{Duration, Instant};
+
+use api::{ApiError, Refusal};
+
+use crate::attachment::AttachState;
+use crate::binding::{transition, BindingAction, BindingEvent, BindingState};
+use crate::config::DeviceConfig;
+use crate::hotplug::{refusal, refused, Hotplug};
+use crate::vfio::{validate_device, HostDevice, HostRoots, ReacquireError};
+
+/// How often resume looks for a released device's path while it waits for it.
+const REACQUIRE_POLL: Duration = Duration::from_millis(50);
+
+impl Hotplug {
+    fn with_device(&self, slot: u8, f: impl FnOnce(&mut pci::vfio::VfioPciDevice)) {
+        let Some(device) = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == slot)) else {
+            return;
+        };
+        if let Ok(mut dev) = device.device.lock() {
+            f(&mut dev);
+        }
+    }
+
+    /// Applies `event` to device `id`'s binding and carries out the quiesce/unquiesce action.
+    fn binding_event(&mut self, id: &str, event: BindingEvent) -> Result<BindingAction, ApiError> {
+        let entry = self.entries.get_mut(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let (next, action) =
+            transition(&entry.binding, event).map_err(|e| refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        entry.binding = next;
+        let slot = entry.slot;
+        match action {
+            BindingAction::Quiesce => self.with_device(slot, |d| d.quiesce()),
+            BindingAction::Unquiesce => self.with_device(slot, |d| d.unquiesce()),
+            BindingAction::Release | BindingAction::None => {}
+        }
+        Ok(action)
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        self.live().map(|e| e.host.id.clone()).collect()
+    }
+
+    /// Guest RAM is DMA-mapped: devices get the bus mastering the guest enabled meanwhile.
+    pub fn on_dma_mapped(&mut self) {
+        let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
+        for slot in slots {
+            self.with_device(slot, |d| d.apply_deferred_bus_master());
+        }
+    }
+
+    /// `vm.pause` (after the vCPUs stopped): every device stops DMA and interrupts.
+    pub fn pause_devices(&mut self) {
+        self.paused_since = Some(Instant::now());
+        for id in self.live_ids() {
+            if let Err(e) = self.binding_event(&id, BindingEvent::Quiesce) {
+                log::warn!("pause: {}", e.message);
+            }
+        }
+    }
+
+    /// `vm.release-device`: only while paused.
+    pub fn release(&mut self, id: &str) -> Result<(), ApiError> {
+        if self.paused_since.is_none() {
+            return Err(refused(Refusal::WrongVmState, "release-device needs a paused VM: pause it first"));
+        }
+        let entry = self.entries.get(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        if entry.state == AttachState::Detached {
+            return Err(refused(Refusal::Conflict, format!("{id} is detached")));
+        }
+        let slot = entry.slot;
+        let (next, _) = transition(&entry.binding, BindingEvent::Release)
+            .map_err(|e| refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        let vfio = self.vfio.as_mut().ok_or_else(|| refused(Refusal::Internal, "no VFIO state"))?;
+        vfio.release(slot).map_err(|e| refused(Refusal::Internal, format!("{id}: {e}")))?;
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.binding = next;
+        }
+        Ok(())
+    }
+
+    /// Re-acquires released device `id` at `host`; a failure leaves it released with the reason.
+    fn reacquire(&mut self, id: &str, host: HostDevice) -> Result<(), ReacquireError> {
+        let Some(entry) = self.entries.get(id) else {
+            return Err(ReacquireError::Kind(format!("no device '{id}'")));
+        };
+        let slot = entry.slot;
+        let request = entry.request.as_ref().and_then(|fd| fd.try_clone().ok());
+        let memory = self.memory.clone();
+        let result = match self.vfio.as_mut() {
+            Some(v) => v.reacquire(slot, host, &memory, request.as_ref()),
+            None => Err(ReacquireError::NoDevice(slot)),
+        };
+        let event = match &result {
+            Ok(()) => BindingEvent::Acquired,
+            Err(e) => BindingEvent::AcquireFailed(e.to_string()),
+        };
+        if let Err(e) = self.binding_event(id, event) {
+            log::warn!("{}", e.message);
+        }
+        result
+    }
+
+    /// `vm.acquire-device`: only while paused, for a released device; `path` may name another
+    /// function of the same kind.
+    pub fn acquire(&mut self, id: &str, path: Option<String>) -> Result<(), ApiError> {
+        if self.paused_since.is_none() {
+            return Err(refused(Refusal::WrongVmState, "acquire-device needs a paused VM: pause it first"));
+        }
+        let entry = self.entries.get(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        if entry.state == AttachState::Detached || !matches!(entry.binding, BindingState::Released { .. }) {
+            return Err(refused(Refusal::Conflict, format!("{id} is {}, not released", entry.binding)));
+        }
+        let path = path.map(Into::into).unwrap_or_else(|| entry.host.path.clone());
+        let cfg = DeviceConfig { path, id: Some(id.to_string()) };
+        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| refused(refusal(&e), e.to_string()))?;
+        if self.live().any(|e| e.host.id != id && e.host.path == host.path) {
+            return Err(refused(Refusal::Conflict, format!("{} belongs to another device", cfg.path.display())));
+        }
+        self.reacquire(id, host).map_err(|e| match e {
+            ReacquireError::Kind(m) => refused(Refusal::Conflict, m),
+            ReacquireError::Open(v) => refused(refusal(&v), v.to_string()),
+            ReacquireError::NoDevice(_) => refused(Refusal::Internal, e.to_string()),
+        })
+    }
+
+    /// Waits (up to the re-acquire timeout) for each released device's host path to be usable
+    /// again, re-acquires it, then lets every device run. A device that does not come back
+    /// stays released with the reason; the VM resumes anyway.
+    pub fn resume_devices(&mut self) {
+        let deadline = Instant::now() + self.reacquire_timeout;
+        let released: Vec<(String, HostDevice)> = self
+            .live()
+            .filter(|e| matches!(e.binding, BindingState::Released { .. }))
+            .map(|e| (e.host.id.clone(), e.host.clone()))
+            .collect();
+        for (id, host) in released {
+            let cfg = DeviceConfig { path: host.path.clone(), id: Some(id.clone()) };
+            let outcome = loop {
+                let attempt = validate_device(&HostRoots::default(), &cfg, 0)
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| self.reacquire(&id, h).map_err(|e| e.to_string()));
+                match attempt {
+                    Ok(()) => break Ok(()),
+                    Err(e) if Instant::now() >= deadline => break Err(e),
+                    Err(_) => std::thread::sleep(REACQUIRE_POLL),
+                }
+            };
+            if let Err(reason) = outcome {
+                log::warn!("{id}: not re-acquired, the VM resumes without it: {reason}");
+                if let Err(e) = self.binding_event(&id, BindingEvent::AcquireFailed(reason)) {
+                    log::warn!("{}", e.message);
+                }
+            }
+        }
+        for id in self.live_ids() {
+            if let Err(e) = self.binding_event(&id, BindingEvent::Unquiesce) {
+                log::warn!("resume: {}", e.message);
+            }
+        }
+        // The time paused does not count against an eject in progress.
+        if let Some(since) = self.paused_since.take() {
+            let paused = since.elapsed();
+            for entry in self.entries.values_mut() {
+                if let Some(d) = entry.eject_deadline.as_mut() {
+                    *d += paused;
+                }
+            }
+        }
+    }
+}

@@ -16,7 +16,8 @@ VFVMM_SKIP_BUILD=1 bash "$REPO/tests/testbed/run-l1.sh" "$REPO/tests/testbed/sce
     2> >(grep --line-buffered -v '^run-l1.sh: L1-' >&2) \
     | while IFS= read -r line; do
         case $line in
-            "DEMO| "*) printf '%s\n' "${line#DEMO| }" ;;
+            # L1 sees the results directory as /tmp/results; show its path here.
+            "DEMO| "*) line=${line#DEMO| }; printf '%s\n' "${line//\/tmp\/results/$results}" ;;
             *L1-SCRIPT-START*) echo "demo: L1 host is up after $(elapsed); the demo runs inside it" ;;
             *L1-ERROR*|*L1-MODULE-FAIL*|*L1-WARNING*) printf 'demo: %s\n' "${line#*L1-}" ;;
         esac

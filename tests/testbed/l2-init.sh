@@ -66,6 +66,11 @@ exec </dev/console >/dev/console 2>&1
 read -r up _ </proc/uptime
 echo "L2-INIT-START uptime=$up"
 
+# Several VFs in one subnet (the demo has two): each interface answers ARP only for its own
+# address, or the PF's replies for one VF's address may go to the other VF ("ARP flux").
+echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore
+echo 2 > /proc/sys/net/ipv4/conf/all/arp_announce
+
 # CPUs: count the entries of the online list, e.g. "0-3,5" -> 5.
 online=$(cat /sys/devices/system/cpu/online)
 count=0

@@ -10,9 +10,9 @@
 //! - [`VfioPciDevice::rebind`] (released only): a host function of the same kind is checked
 //!   (ids, BARs, MSI-X layout) and bound; BARs are mmapped again and the guest-visible state
 //!   the device holds (command register, MSI/MSI-X enable) is replayed. It stays quiesced.
-//! - [`VfioPciDevice::unquiesce`] (VM resumes): slots mapped, irqfds attached (each latched
-//!   arrival delivered once), bus mastering restored (or, while guest RAM is still being
-//!   DMA-mapped, deferred until it is), in that order.
+//! - [`VfioPciDevice::unquiesce`] (VM resumes): slots mapped, bus mastering restored (or, while
+//!   guest RAM is still being DMA-mapped, deferred until it is), each vector the guest unmasked
+//!   raised once (interrupts sent while bus mastering was off are lost) and irqfds attached.
 
 use std::sync::Arc;
 
@@ -42,8 +42,6 @@ pub struct Lifecycle {
     saved_command: u16,
     /// Config space as the guest last saw it, while released.
     released_config: Option<Vec<u32>>,
-    /// Interrupt vectors to raise once at unquiesce (set by a rebind).
-    kick_on_unquiesce: bool,
     /// The guest enabled bus mastering before guest RAM was DMA-mapped: the device gets it
     /// from [`VfioPciDevice::apply_deferred_bus_master`] (the guest already reads it back).
     pub(super) deferred_bus_master: bool,
@@ -249,7 +247,6 @@ impl VfioPciDevice {
             self.life.released_config = Some(snapshot);
             return Err(LifecycleError::Vfio(e.to_string()));
         }
-        self.life.kick_on_unquiesce = true;
         Ok(())
     }
 
@@ -264,19 +261,25 @@ impl VfioPciDevice {
                 self.map_bar(i);
             }
         }
-        let kick = std::mem::take(&mut self.life.kick_on_unquiesce);
-        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            r.unquiesce(kick);
-        }
-        if let Some((_, r)) = self.msi.as_mut() {
-            r.unquiesce(kick);
-        }
         self.life.quiesced = false;
         if !self.is_released() && self.life.saved_command & COMMAND_BUS_MASTER != 0 {
             // Guest RAM may still be being mapped again (after a re-acquire): then bus
             // mastering follows when it is done.
             self.life.deferred_bus_master = true;
             self.apply_deferred_bus_master();
+        }
+        // An MSI/MSI-X message is a memory write: whatever the device raised while bus
+        // mastering was off is lost, not pending, and a driver that auto-masks a vector until
+        // its handler runs (igbvf does) would never hear from that queue again. So each vector
+        // the guest has unmasked is raised once; a driver takes a spurious interrupt by looking
+        // at its device (after a re-acquire, that is also how it notices the reset device).
+        // A released device has nothing behind it: its vectors are only wired back.
+        let kick = !self.is_released();
+        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
+            r.unquiesce(kick);
+        }
+        if let Some((_, r)) = self.msi.as_mut() {
+            r.unquiesce(kick);
         }
     }
 }

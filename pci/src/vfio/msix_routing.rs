@@ -119,8 +119,8 @@ impl VectorRoutes {
     }
 
     /// Re-attaches the irqfds of the vectors the guest has unmasked; KVM delivers what waited
-    /// in each eventfd once. With `kick`, each of those vectors is raised once more (after a
-    /// device was re-acquired: its driver looks at the device again).
+    /// in each eventfd once. With `kick`, each of those vectors is raised once as well (see
+    /// `VfioPciDevice::unquiesce`).
     pub fn unquiesce(&mut self, kick: bool) {
         self.quiesced = false;
         if kick {

@@ -2,13 +2,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::{ApiReceiver, ApiRequest, Response};
+use api::{ApiReceiver, ApiRequest, Refusal, Response};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::json;
 
 use crate::hotplug::Hotplug;
 use crate::vcpu::{ExitSignal, GuestExit};
-use crate::vcpu_set::{RunState, VcpuSet, VcpuSetError};
+use crate::vcpu_set::{VcpuSet, VcpuSetError};
+use crate::vm_state::VmEvent;
 
 pub struct ApiHandler {
     rx: ApiReceiver,
@@ -36,12 +37,16 @@ impl ApiHandler {
                 Ok(()) => Response::no_content(),
                 Err(e) => Response::error(e.status, &e.message),
             },
-            Err(_) => Response::error(500, "hotplug state is unavailable"),
+            Err(_) => Response::error(Refusal::Internal.status(), "hotplug state is unavailable"),
         }
     }
 
     fn wrong_state(e: VcpuSetError) -> Response {
-        Response::error(405, &e.to_string())
+        let kind = match e {
+            VcpuSetError::WrongState(_) => Refusal::WrongVmState,
+            VcpuSetError::Poisoned | VcpuSetError::PauseTimeout { .. } => Refusal::Internal,
+        };
+        Response::error(kind.status(), &e.to_string())
     }
 
     pub fn handle(&mut self, request: ApiRequest) -> Response {
@@ -51,10 +56,7 @@ impl ApiHandler {
                 json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() }).to_string(),
             ),
             ApiRequest::VmInfo => {
-                let state = match self.vcpus.state() {
-                    RunState::Running => "Running",
-                    RunState::Paused => "Paused",
-                };
+                let state = self.vcpus.state().to_string();
                 let devices = self.hotplug.lock().map(|mut h| h.info()).unwrap_or_default();
                 Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
             }
@@ -66,12 +68,11 @@ impl ApiHandler {
                     }
                     Response::no_content()
                 }
-                Err(e @ VcpuSetError::PauseTimeout { .. }) => Response::error(500, &e.to_string()),
                 Err(e) => Self::wrong_state(e),
             },
             ApiRequest::VmResume => {
-                if self.vcpus.state() != RunState::Paused {
-                    return Self::wrong_state(VcpuSetError::NotPaused);
+                if let Err(e) = self.vcpus.check(VmEvent::Resume) {
+                    return Self::wrong_state(e);
                 }
                 // Devices first (re-acquired, mapped, interrupts on), then the vCPUs.
                 if let Ok(mut h) = self.hotplug.lock() {
@@ -93,14 +94,14 @@ impl ApiHandler {
                     h.power_button();
                     Response::no_content()
                 }
-                Err(_) => Response::error(500, "the power button is unavailable"),
+                Err(_) => Response::error(Refusal::Internal.status(), "the power button is unavailable"),
             },
             ApiRequest::VmAddDevice(req) => match self.hotplug.lock() {
                 Ok(mut h) => match h.add(req) {
                     Ok(info) => Response::json(200, info.to_string()),
                     Err(e) => Response::error(e.status, &e.message),
                 },
-                Err(_) => Response::error(500, "hotplug state is unavailable"),
+                Err(_) => Response::error(Refusal::Internal.status(), "hotplug state is unavailable"),
             },
             ApiRequest::VmRemoveDevice { id } => self.on_hotplug(|h| h.remove(&id)),
         }

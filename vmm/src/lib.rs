@@ -15,6 +15,7 @@ pub mod vcpu;
 pub mod vcpu_set;
 pub mod vfio;
 pub mod vm;
+pub mod vm_state;
 
 pub use config::{Cli, KernelConfig, VmConfig};
 pub use vcpu::GuestExit;

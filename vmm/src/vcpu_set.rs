@@ -6,22 +6,17 @@ use std::time::{Duration, Instant};
 
 use crate::exit_counters::ExitCounters;
 use crate::vcpu::{VcpuHandle, VcpuShared};
+use crate::vm_state::{transition, InvalidVmTransition, VmEvent, VmState};
 
 /// How long pause waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Running,
-    Paused,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VcpuSetError {
-    #[error("the VM is already paused")]
-    AlreadyPaused,
-    #[error("the VM is not paused")]
-    NotPaused,
+    #[error(transparent)]
+    WrongState(#[from] InvalidVmTransition),
+    #[error("the VM state is unavailable (lock poisoned)")]
+    Poisoned,
     #[error("{parked} of {total} vCPUs stopped within the pause timeout")]
     PauseTimeout { parked: usize, total: usize },
 }
@@ -29,16 +24,24 @@ pub enum VcpuSetError {
 pub struct VcpuSet {
     shared: Arc<VcpuShared>,
     handles: Mutex<Vec<VcpuHandle>>,
-    state: Mutex<RunState>,
+    /// The VM's state ([`crate::vm_state`]'s table), kept with the vCPUs it describes.
+    state: Mutex<VmState>,
 }
 
 impl VcpuSet {
     pub fn new(shared: Arc<VcpuShared>, handles: Vec<VcpuHandle>) -> Self {
-        Self { shared, handles: Mutex::new(handles), state: Mutex::new(RunState::Running) }
+        // The threads are running already: Created --Start--> Running.
+        let running = transition(VmState::Created, VmEvent::Start).unwrap_or(VmState::Running);
+        Self { shared, handles: Mutex::new(handles), state: Mutex::new(running) }
     }
 
-    pub fn state(&self) -> RunState {
-        self.state.lock().map(|s| *s).unwrap_or(RunState::Running)
+    pub fn state(&self) -> VmState {
+        self.state.lock().map(|s| *s).unwrap_or(VmState::Shutdown)
+    }
+
+    /// Whether `event` is allowed now (nothing changes).
+    pub fn check(&self, event: VmEvent) -> Result<(), VcpuSetError> {
+        transition(self.state(), event).map(|_| ()).map_err(VcpuSetError::from)
     }
 
     /// Kicks every running vCPU out of KVM_RUN once; returns how many were kicked.
@@ -52,10 +55,8 @@ impl VcpuSet {
     /// Stops every vCPU between two KVM_RUNs; returns once all are parked. One kick each is
     /// enough: the kick sets `immediate_exit`, so it cannot be lost before KVM_RUN.
     pub fn pause(&self) -> Result<(), VcpuSetError> {
-        let mut state = self.state.lock().map_err(|_| VcpuSetError::NotPaused)?;
-        if *state == RunState::Paused {
-            return Err(VcpuSetError::AlreadyPaused);
-        }
+        let mut state = self.state.lock().map_err(|_| VcpuSetError::Poisoned)?;
+        let next = transition(*state, VmEvent::Pause)?;
         self.shared.pause.set_requested(true);
         let total = self.kick_all();
         let parked = self.shared.pause.wait_parked(total, Instant::now() + PAUSE_TIMEOUT);
@@ -63,22 +64,23 @@ impl VcpuSet {
             self.shared.pause.set_requested(false);
             return Err(VcpuSetError::PauseTimeout { parked, total });
         }
-        *state = RunState::Paused;
+        *state = next;
         Ok(())
     }
 
     pub fn resume(&self) -> Result<(), VcpuSetError> {
-        let mut state = self.state.lock().map_err(|_| VcpuSetError::NotPaused)?;
-        if *state != RunState::Paused {
-            return Err(VcpuSetError::NotPaused);
-        }
+        let mut state = self.state.lock().map_err(|_| VcpuSetError::Poisoned)?;
+        let next = transition(*state, VmEvent::Resume)?;
         self.shared.pause.set_requested(false);
-        *state = RunState::Running;
+        *state = next;
         Ok(())
     }
 
     /// Stops and joins every vCPU thread; returns their exit counters.
     pub fn stop(&self) -> Vec<(u8, ExitCounters)> {
+        if let Ok(mut state) = self.state.lock() {
+            *state = transition(*state, VmEvent::Stop).unwrap_or(VmState::Shutdown);
+        }
         self.shared.stop.store(true, Ordering::Release);
         self.shared.pause.set_requested(false);
         let handles = self.handles.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();

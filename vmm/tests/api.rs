@@ -70,7 +70,7 @@ fn ping_info_pause_resume_shutdown() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&call(&sock, "GET", "vm.info").1).unwrap()["state"], "Paused");
     let (status, body) = call(&sock, "PUT", "vm.pause");
     assert_eq!(status, 405, "{body}");
-    assert!(body.contains("already paused"));
+    assert!(body.contains("the VM is Paused, it cannot pause"), "{body}");
 
     assert_eq!(call(&sock, "PUT", "vm.resume").0, 204);
     std::thread::sleep(Duration::from_millis(300));

@@ -84,8 +84,10 @@ impl Hotplug {
         Ok(())
     }
 
-    /// Re-acquires released device `id` at `host`; a failure leaves it released with the reason.
-    fn reacquire(&mut self, id: &str, host: HostDevice) -> Result<(), ReacquireError> {
+    /// Re-acquires released device `id` at `host`. A failure leaves it released; with
+    /// `record_failure`, with the reason (resume), otherwise exactly as it was (a refused API
+    /// request changes nothing).
+    fn reacquire(&mut self, id: &str, host: HostDevice, record_failure: bool) -> Result<(), ReacquireError> {
         let Some(entry) = self.entries.get(id) else {
             return Err(ReacquireError::Kind(format!("no device '{id}'")));
         };
@@ -97,10 +99,11 @@ impl Hotplug {
             None => Err(ReacquireError::NoDevice(slot)),
         };
         let event = match &result {
-            Ok(()) => BindingEvent::Acquired,
-            Err(e) => BindingEvent::AcquireFailed(e.to_string()),
+            Ok(()) => Some(BindingEvent::Acquired),
+            Err(e) if record_failure => Some(BindingEvent::AcquireFailed(e.to_string())),
+            Err(_) => None,
         };
-        if let Err(e) = self.binding_event(id, event) {
+        if let Some(Err(e)) = event.map(|event| self.binding_event(id, event)) {
             log::warn!("{}", e.message);
         }
         result
@@ -122,7 +125,7 @@ impl Hotplug {
         if self.live().any(|e| e.host.id != id && e.host.path == host.path) {
             return Err(refused(Refusal::Conflict, format!("{} belongs to another device", cfg.path.display())));
         }
-        self.reacquire(id, host).map_err(|e| match e {
+        self.reacquire(id, host, false).map_err(|e| match e {
             ReacquireError::Kind(m) => refused(Refusal::Conflict, m),
             ReacquireError::Open(v) => refused(refusal(&v), v.to_string()),
             ReacquireError::NoDevice(_) => refused(Refusal::Internal, e.to_string()),
@@ -144,7 +147,7 @@ impl Hotplug {
             let outcome = loop {
                 let attempt = validate_device(&HostRoots::default(), &cfg, 0)
                     .map_err(|e| e.to_string())
-                    .and_then(|h| self.reacquire(&id, h).map_err(|e| e.to_string()));
+                    .and_then(|h| self.reacquire(&id, h, false).map_err(|e| e.to_string()));
                 match attempt {
                     Ok(()) => break Ok(()),
                     Err(e) if Instant::now() >= deadline => break Err(e),

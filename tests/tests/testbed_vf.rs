@@ -132,7 +132,7 @@ fn vfctl_info_shows_the_vf_attached_pause_resume_and_shutdown_vmm() {
     assert!(dev["path"].as_str().unwrap_or_default().ends_with("0000:01:10.0"), "{info}");
     assert!(run.file("vf-api.info-human").contains("device vf0: "), "{}", run.file("vf-api.info-human"));
     let pause = run.file("vf-api.pause");
-    assert_eq!(pause, "ok\nvfctl: error: the VM is already paused (405)\nrc=1\nok\n");
+    assert_eq!(pause, "ok\nvfctl: error: the VM is Paused, it cannot pause (405)\nrc=1\nok\n");
     // The guest's counter stops while paused and goes on after resume.
     let counts: Vec<u64> = run.file("vf-api.counters").split_whitespace().filter_map(|n| n.parse().ok()).collect();
     assert_eq!(counts.len(), 3, "{:?}", run.file("vf-api.counters"));

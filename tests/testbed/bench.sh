@@ -40,6 +40,8 @@ if section in ("all", "reconf"):
     else:
         missing = True
 for kind, label in labels.items():
+    if section != "all" and kind not in only:
+        continue  # a section of its own was asked for: the others did not run
     v, q = runs.get((kind, "vfvmm")), runs.get((kind, "qemu"))
     for vmm, vals in (("vfvmm", v), ("qemu", q)):
         print(f"{label:30s} {vmm:6s} runs={vals} median={statistics.median(vals):.2f}" if vals else f"{label:30s} {vmm:6s} no runs")

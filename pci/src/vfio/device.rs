@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::binding::HostBinding;
 use super::caps::{find_capability, CAP_ID_MSI, CAP_ID_MSIX};
-use super::msix_routing::{MsiRouting, MsixRouting, MsixRoutingError};
+use super::msix_routing::{InterruptRouting, MsiRouting, MsixRouting, MsixRoutingError};
 use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX};
 use crate::bar::{BarInfo, BarKind, BarShadow, NUM_BARS, ROM_REG};
 use crate::bus::PciDevice;
@@ -364,14 +364,19 @@ impl VfioPciDevice {
         (index < routing.state.capability().dwords()).then_some(index)
     }
 
-    /// Removes the device from the VM: MSI-X off, BARs unmapped, the function reset.
-    pub fn shutdown(&mut self) {
+    /// Runs `f` on the MSI-X routing and on the MSI routing, those the function has.
+    pub(super) fn for_each_routing(&mut self, mut f: impl FnMut(&mut dyn InterruptRouting)) {
         if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            r.shutdown();
+            f(&mut *r);
         }
         if let Some((_, r)) = self.msi.as_mut() {
-            r.shutdown();
+            f(r);
         }
+    }
+
+    /// Removes the device from the VM: MSI-X off, BARs unmapped, the function reset.
+    pub fn shutdown(&mut self) {
+        self.for_each_routing(|r| r.shutdown());
         for i in 0..self.mappings.len() {
             self.unmap_bar(i);
         }

@@ -141,12 +141,7 @@ impl VfioPciDevice {
                 self.write_command(command & !COMMAND_BUS_MASTER);
             }
         }
-        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            r.quiesce();
-        }
-        if let Some((_, r)) = self.msi.as_mut() {
-            r.quiesce();
-        }
+        self.for_each_routing(|r| r.quiesce());
         for i in 0..self.mappings.len() {
             self.unmap_bar(i);
         }
@@ -171,12 +166,7 @@ impl VfioPciDevice {
         // The guest's command register, not the quiesced one.
         snapshot[REG_COMMAND_STATUS] =
             (snapshot[REG_COMMAND_STATUS] & 0xffff_0000) | u32::from(self.life.saved_command);
-        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            r.release();
-        }
-        if let Some((_, r)) = self.msi.as_mut() {
-            r.release();
-        }
+        self.for_each_routing(|r| r.release());
         for m in &mut self.mappings {
             m.areas.clear();
         }
@@ -232,12 +222,11 @@ impl VfioPciDevice {
         // The guest's command register without bus mastering (that comes back at unquiesce).
         self.write_command(self.life.saved_command & !COMMAND_BUS_MASTER);
         let mut result = Ok(());
-        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            result = r.rebind();
-        }
-        if let Some((_, r)) = self.msi.as_mut() {
-            result = result.and(r.rebind());
-        }
+        self.for_each_routing(|r| {
+            if result.is_ok() {
+                result = r.rebind();
+            }
+        });
         if let Err(e) = result {
             // Back to released: nothing of the new device is kept.
             let _ = self.binding.replace(None);
@@ -275,12 +264,7 @@ impl VfioPciDevice {
         // at its device (after a re-acquire, that is also how it notices the reset device).
         // A released device has nothing behind it: its vectors are only wired back.
         let kick = !self.is_released();
-        if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
-            r.unquiesce(kick);
-        }
-        if let Some((_, r)) = self.msi.as_mut() {
-            r.unquiesce(kick);
-        }
+        self.for_each_routing(|r| r.unquiesce(kick));
     }
 }
 

@@ -163,6 +163,20 @@ impl VectorRoutes {
     }
 }
 
+/// What the device's lifecycle does to an interrupt capability's routing (MSI-X or MSI).
+pub trait InterruptRouting {
+    /// Device removal or VM exit: interrupts off everywhere.
+    fn shutdown(&mut self);
+    /// Irqfds detached; arrivals wait in the eventfds.
+    fn quiesce(&mut self);
+    /// Irqfds of the guest-unmasked vectors attached again; with `kick`, each raised once.
+    fn unquiesce(&mut self, kick: bool);
+    /// The host device goes: VFIO's side off; the emulated state stays.
+    fn release(&mut self);
+    /// A new host device: VFIO's side on again, as the guest had it.
+    fn rebind(&mut self) -> Result<(), MsixRoutingError>;
+}
+
 pub struct MsixRouting {
     pub layout: MsixLayout,
     pub state: MsixState,
@@ -236,25 +250,26 @@ impl MsixRouting {
         self.state.pba_read(offset, data);
     }
 
-    /// Tears everything down (device removal, VM exit).
-    pub fn shutdown(&mut self) {
-        self.set_control(0);
-    }
-
-    pub fn quiesce(&mut self) {
-        self.routes.quiesce();
-    }
-
-    pub fn unquiesce(&mut self, kick: bool) {
-        self.routes.unquiesce(kick);
-    }
-
     pub fn routes(&self) -> &VectorRoutes {
         &self.routes
     }
+}
 
-    /// The device goes back to the host: VFIO's MSI-X off. The table, routes and eventfds stay.
-    pub fn release(&mut self) {
+impl InterruptRouting for MsixRouting {
+    fn shutdown(&mut self) {
+        self.set_control(0);
+    }
+
+    fn quiesce(&mut self) {
+        self.routes.quiesce();
+    }
+
+    fn unquiesce(&mut self, kick: bool) {
+        self.routes.unquiesce(kick);
+    }
+
+    /// VFIO's MSI-X off. The table, routes and eventfds stay.
+    fn release(&mut self) {
         if self.vfio_enabled {
             if let Err(e) = self.backend.disable_msix() {
                 log::warn!("cannot disable MSI-X on the device: {e}");
@@ -263,8 +278,8 @@ impl MsixRouting {
         }
     }
 
-    /// A new device is bound: MSI-X on again, with the same eventfds, if the guest had it on.
-    pub fn rebind(&mut self) -> Result<(), MsixRoutingError> {
+    /// MSI-X on again, with the same eventfds, if the guest had it on.
+    fn rebind(&mut self) -> Result<(), MsixRoutingError> {
         if self.state.enabled() && !self.vfio_enabled {
             let fds = self.routes.eventfds(usize::from(self.layout.vectors));
             self.backend.enable_msix(&fds).map_err(|e| MsixRoutingError::Vfio(e.to_string()))?;
@@ -318,21 +333,23 @@ impl MsiRouting {
         }
         self.routes.apply(changes);
     }
+}
 
-    pub fn shutdown(&mut self) {
+impl InterruptRouting for MsiRouting {
+    fn shutdown(&mut self) {
         self.write(0, 0);
     }
 
-    pub fn quiesce(&mut self) {
+    fn quiesce(&mut self) {
         self.routes.quiesce();
     }
 
-    pub fn unquiesce(&mut self, kick: bool) {
+    fn unquiesce(&mut self, kick: bool) {
         self.routes.unquiesce(kick);
     }
 
-    /// The device goes back to the host: VFIO's MSI off; the capability state stays.
-    pub fn release(&mut self) {
+    /// VFIO's MSI off; the capability state stays.
+    fn release(&mut self) {
         if self.vfio_vectors != 0 {
             if let Err(e) = self.backend.disable_msi() {
                 log::warn!("cannot disable MSI on the device: {e}");
@@ -341,8 +358,8 @@ impl MsiRouting {
         }
     }
 
-    /// A new device is bound: MSI on again with the same eventfds, if the guest had it on.
-    pub fn rebind(&mut self) -> Result<(), MsixRoutingError> {
+    /// MSI on again with the same eventfds, if the guest had it on.
+    fn rebind(&mut self) -> Result<(), MsixRoutingError> {
         let wanted = if self.state.enabled() { self.state.vectors() } else { 0 };
         if wanted != 0 && self.vfio_vectors == 0 {
             self.backend

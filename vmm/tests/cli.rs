@@ -40,6 +40,10 @@ fn bad_input_gets_one_clear_line() {
         (vec![], "--kernel"),
         (vec!["--kernel", k, "--serial", "pty"], "'pty' is not tty, off or file=PATH"),
         (vec!["--kernel", k, "--memory", "size=16M"], "Invalid bzImage"),
+        // A huge timeout used to overflow Instant + Duration at the first remove-device.
+        (vec!["--kernel", k, "--eject-timeout", "18446744073709551615"], "--eject-timeout"),
+        (vec!["--kernel", k, "--eject-timeout", "0"], "--eject-timeout"),
+        (vec!["--kernel", k, "--reacquire-timeout", "86401"], "--reacquire-timeout"),
     ];
     for (args, needle) in cases {
         let (code, stdout, stderr) = run(&args);

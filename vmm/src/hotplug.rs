@@ -70,10 +70,6 @@ pub(crate) fn refusal(e: &VfioError) -> Refusal {
     }
 }
 
-pub(crate) fn refused(kind: Refusal, message: impl Into<String>) -> ApiError {
-    ApiError::refused(kind, message)
-}
-
 impl Hotplug {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -200,7 +196,7 @@ impl Hotplug {
     /// Refuses a request that needs a running guest while the VM is paused.
     fn refuse_if_paused(&self, what: &str) -> Result<(), ApiError> {
         match self.paused_since {
-            Some(_) => Err(refused(
+            Some(_) => Err(ApiError::refused(
                 Refusal::WrongVmState,
                 format!("{what} needs a running VM (it is paused): resume it first"),
             )),
@@ -211,22 +207,22 @@ impl Hotplug {
     /// `vm.add-device`.
     pub fn add(&mut self, req: AddDevice) -> Result<serde_json::Value, ApiError> {
         self.refuse_if_paused("add-device")?;
-        let err = |kind, message: String| refused(kind, message);
         let id = req.id.clone().unwrap_or_else(|| {
             self.next_index += 1;
             format!("vfio{}", self.next_index - 1)
         });
         if self.live().any(|e| e.host.id == id) {
-            return Err(err(Refusal::Conflict, format!("device id '{id}' is in use")));
+            return Err(ApiError::refused(Refusal::Conflict, format!("device id '{id}' is in use")));
         }
         let cfg = DeviceConfig { path: req.path.clone().into(), id: Some(id.clone()) };
-        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| err(refusal(&e), e.to_string()))?;
+        let host = validate_device(&HostRoots::default(), &cfg, 0)
+            .map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         if self.live().any(|e| e.host.path == host.path) {
-            return Err(err(Refusal::Conflict, format!("{} is already attached", req.path)));
+            return Err(ApiError::refused(Refusal::Conflict, format!("{} is already attached", req.path)));
         }
         // A detached entry with this id is history now.
         self.entries.remove(&id);
-        let slot = self.plug(host).map_err(|e| err(refusal(&e), e.to_string()))?;
+        let slot = self.plug(host).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         if let Ok(mut r) = self.registers.lock() {
             r.slot_up(slot);
         }
@@ -237,9 +233,12 @@ impl Hotplug {
     pub fn remove(&mut self, id: &str) -> Result<(), ApiError> {
         self.refuse_if_paused("remove-device")?;
         self.refresh();
-        let entry = self.entries.get_mut(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let entry = self
+            .entries
+            .get_mut(id)
+            .ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
         let (next, action) = transition(entry.state, AttachEvent::RemoveRequested)
-            .map_err(|e| refused(Refusal::Conflict, e.to_string()))?;
+            .map_err(|e| ApiError::refused(Refusal::Conflict, e.to_string()))?;
         entry.state = next;
         if action == AttachAction::NotifyEject {
             entry.eject_deadline = Some(Instant::now() + self.eject_timeout);

@@ -11,7 +11,7 @@ use api::{ApiError, Refusal};
 use crate::attachment::AttachState;
 use crate::binding::{transition, BindingAction, BindingEvent, BindingState};
 use crate::config::DeviceConfig;
-use crate::hotplug::{refusal, refused, Hotplug};
+use crate::hotplug::{refusal, Hotplug};
 use crate::vfio::{validate_device, HostDevice, HostRoots, ReacquireError};
 
 /// How often resume looks for a released device's path while it waits for it.
@@ -29,9 +29,12 @@ impl Hotplug {
 
     /// Applies `event` to device `id`'s binding and carries out the quiesce/unquiesce action.
     fn binding_event(&mut self, id: &str, event: BindingEvent) -> Result<BindingAction, ApiError> {
-        let entry = self.entries.get_mut(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
-        let (next, action) =
-            transition(&entry.binding, event).map_err(|e| refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        let entry = self
+            .entries
+            .get_mut(id)
+            .ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let (next, action) = transition(&entry.binding, event)
+            .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
         entry.binding = next;
         let slot = entry.slot;
         match action {
@@ -67,17 +70,18 @@ impl Hotplug {
     /// `vm.release-device`: only while paused.
     pub fn release(&mut self, id: &str) -> Result<(), ApiError> {
         if self.paused_since.is_none() {
-            return Err(refused(Refusal::WrongVmState, "release-device needs a paused VM: pause it first"));
+            return Err(ApiError::refused(Refusal::WrongVmState, "release-device needs a paused VM: pause it first"));
         }
-        let entry = self.entries.get(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let entry =
+            self.entries.get(id).ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
         if entry.state == AttachState::Detached {
-            return Err(refused(Refusal::Conflict, format!("{id} is detached")));
+            return Err(ApiError::refused(Refusal::Conflict, format!("{id} is detached")));
         }
         let slot = entry.slot;
         let (next, _) = transition(&entry.binding, BindingEvent::Release)
-            .map_err(|e| refused(Refusal::Conflict, format!("{id}: {e}")))?;
-        let vfio = self.vfio.as_mut().ok_or_else(|| refused(Refusal::Internal, "no VFIO state"))?;
-        vfio.release(slot).map_err(|e| refused(Refusal::Internal, format!("{id}: {e}")))?;
+            .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        let vfio = self.vfio.as_mut().ok_or_else(|| ApiError::refused(Refusal::Internal, "no VFIO state"))?;
+        vfio.release(slot).map_err(|e| ApiError::refused(Refusal::Internal, format!("{id}: {e}")))?;
         if let Some(entry) = self.entries.get_mut(id) {
             entry.binding = next;
         }
@@ -113,22 +117,27 @@ impl Hotplug {
     /// function of the same kind.
     pub fn acquire(&mut self, id: &str, path: Option<String>) -> Result<(), ApiError> {
         if self.paused_since.is_none() {
-            return Err(refused(Refusal::WrongVmState, "acquire-device needs a paused VM: pause it first"));
+            return Err(ApiError::refused(Refusal::WrongVmState, "acquire-device needs a paused VM: pause it first"));
         }
-        let entry = self.entries.get(id).ok_or_else(|| refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let entry =
+            self.entries.get(id).ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
         if entry.state == AttachState::Detached || !matches!(entry.binding, BindingState::Released { .. }) {
-            return Err(refused(Refusal::Conflict, format!("{id} is {}, not released", entry.binding)));
+            return Err(ApiError::refused(Refusal::Conflict, format!("{id} is {}, not released", entry.binding)));
         }
         let path = path.map(Into::into).unwrap_or_else(|| entry.host.path.clone());
         let cfg = DeviceConfig { path, id: Some(id.to_string()) };
-        let host = validate_device(&HostRoots::default(), &cfg, 0).map_err(|e| refused(refusal(&e), e.to_string()))?;
+        let host = validate_device(&HostRoots::default(), &cfg, 0)
+            .map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         if self.live().any(|e| e.host.id != id && e.host.path == host.path) {
-            return Err(refused(Refusal::Conflict, format!("{} belongs to another device", cfg.path.display())));
+            return Err(ApiError::refused(
+                Refusal::Conflict,
+                format!("{} belongs to another device", cfg.path.display()),
+            ));
         }
         self.reacquire(id, host, false).map_err(|e| match e {
-            ReacquireError::Kind(m) => refused(Refusal::Conflict, m),
-            ReacquireError::Open(v) => refused(refusal(&v), v.to_string()),
-            ReacquireError::NoDevice(_) => refused(Refusal::Internal, e.to_string()),
+            ReacquireError::Kind(m) => ApiError::refused(Refusal::Conflict, m),
+            ReacquireError::Open(v) => ApiError::refused(refusal(&v), v.to_string()),
+            ReacquireError::NoDevice(_) => ApiError::refused(Refusal::Internal, e.to_string()),
         })
     }
 

@@ -396,17 +396,7 @@ impl VfioManager {
     ) -> Result<&AttachedDevice, VfioError> {
         let path = host.path.display().to_string();
         let setup = |reason: String| VfioError::Setup { path: path.clone(), reason };
-        let started = std::time::Instant::now();
-        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
-            .map_err(|e| VfioError::Open { path: path.clone(), reason: e.to_string() })?;
-        log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
-        self.ensure_dma_mapping(memory)?;
-        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
-        if let Some(fd) = request {
-            if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
-                log::warn!("{}: the host cannot ask for it back: {e}", host.id);
-            }
-        }
+        let backend = self.open(&host, memory, request)?;
         let bars = discover_bars(backend.as_ref());
         let mut placed: Vec<(u64, u64, BarRegion)> = Vec::new();
         let result = (|| {
@@ -478,6 +468,28 @@ impl VfioManager {
         Ok(())
     }
 
+    /// Opens `host` in the container, makes sure guest RAM is (being) DMA-mapped and arms the
+    /// host-request interrupt on `request`: what attach and re-acquire both need.
+    fn open(
+        &mut self,
+        host: &HostDevice,
+        memory: &GuestMemory,
+        request: Option<&EventFd>,
+    ) -> Result<Arc<RealVfio>, VfioError> {
+        let started = std::time::Instant::now();
+        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
+            .map_err(|e| VfioError::Open { path: host.path.display().to_string(), reason: e.to_string() })?;
+        log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
+        self.ensure_dma_mapping(memory)?;
+        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
+        if let Some(fd) = request {
+            if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
+                log::warn!("{}: the host cannot ask for it back: {e}", host.id);
+            }
+        }
+        Ok(backend)
+    }
+
     /// Lets go of the host side of the (quiesced) device in `slot`: its BAR mmaps, device and
     /// group fds; the guest keeps the function. When no device of the VM is bound any more,
     /// the container has lost its DMA mappings with its last group.
@@ -504,15 +516,7 @@ impl VfioManager {
         let index = self.devices.iter().position(|d| d.slot == slot).ok_or(ReacquireError::NoDevice(slot))?;
         let path = host.path.display().to_string();
         let started = std::time::Instant::now();
-        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
-            .map_err(|e| ReacquireError::Open(VfioError::Open { path: path.clone(), reason: e.to_string() }))?;
-        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
-        if let Some(fd) = request {
-            if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
-                log::warn!("{}: the host cannot ask for it back: {e}", host.id);
-            }
-        }
-        self.ensure_dma_mapping(memory).map_err(ReacquireError::Open)?;
+        let backend = self.open(&host, memory, request).map_err(ReacquireError::Open)?;
         let rebound = self.devices[index]
             .device
             .lock()

@@ -58,7 +58,7 @@ fn pause_quiesces_the_vf_as_seen_from_the_host() {
     assert_eq!(before, after, "the VF's vfio MSI-X interrupts moved while paused");
     let resumed = u16::from_str_radix(&fact(run, "resumed_command"), 16).expect("command register");
     assert_eq!(resumed & 0x6, 0x6, "memory decoding and bus mastering back after resume: {resumed:#x}");
-    assert!(fact(run, "resumed_ping").contains("received=3/3"), "{}", fact(run, "resumed_ping"));
+    assert_pings_again(&fact(run, "resumed_ping"));
     let moved = fact(run, "resumed_irqs");
     let (a, b) = moved.split_once(' ').expect("two counts");
     assert!(
@@ -155,4 +155,22 @@ fn bad_lifecycle_requests_are_refused_and_change_nothing() {
     assert!(other.contains("rc=1") && other.contains("vendor:device") && other.ends_with("(409)"), "{other}");
     assert_eq!(fact(run, "after_bad_info"), "Paused vf0=Released");
     assert_pings_again(&fact(run, "after_bad"));
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn traffic_comes_back_after_a_plain_pause_and_after_a_release_without_recreation() {
+    let run = suite();
+    assert!(fact(run, "plain_added").contains("received=3/3"), "{}", fact(run, "plain_added"));
+    // A plain pause: a VF whose ring the device consumed while bus mastering was off is reset
+    // and its driver brought back (the idle VF at boot was dead after resume before that).
+    assert_pings_again(&fact(run, "plain_vf0"));
+    assert_pings_again(&fact(run, "plain_vf2"));
+    // Released and re-opened at the same paths (vfio-pci reset both): igbvf is told by its PF.
+    assert_eq!(fact(run, "reopen_info"), "Paused vf0=Released vf2=Released");
+    assert_pings_again(&fact(run, "reopen_vf0"));
+    assert_pings_again(&fact(run, "reopen_vf2"));
+    let (state, before) = (fact(run, "reopen_state"), fact(run, "state_before"));
+    assert_eq!(field(&state, "removed"), field(&before, "removed"), "the guest logged a removal: {state}");
+    assert_eq!(fact(run, "reopen_recoveries"), "2", "both re-opened VFs are recovered through their PF");
 }

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use devices::serial::SerialDevice;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use std::time::{Duration, Instant};
+
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::vcpu::{ExitSignal, GuestExit};
 
@@ -200,12 +203,13 @@ impl MutEventSubscriber for TerminationSignals {
 
 /// Hotplug events for the VMM thread: the guest ejected a slot (tear the device down), the
 /// host asked for a device back (ask the guest to eject it, or release it while paused),
-/// guest RAM finished DMA-mapping (deferred bus mastering), and changes to the set of
-/// host-request eventfds to watch.
+/// guest RAM finished DMA-mapping (deferred bus mastering), changes to the set of
+/// host-request eventfds to watch, and the timer of driver recoveries after a resume.
 pub struct HotplugWatcher {
     eject: EventFd,
     resync: EventFd,
     dma_done: EventFd,
+    recovery_timer: TimerFd,
     requests: std::collections::BTreeMap<u8, EventFd>,
     hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
 }
@@ -219,8 +223,24 @@ impl HotplugWatcher {
         resync: EventFd,
         dma_done: EventFd,
         hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
-    ) -> Self {
-        Self { eject, resync, dma_done, requests: Default::default(), hotplug }
+    ) -> std::io::Result<Self> {
+        let recovery_timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self { eject, resync, dma_done, recovery_timer, requests: Default::default(), hotplug })
+    }
+
+    /// Advances device recoveries that are due and arms the timer for the next one.
+    fn poll_recovery(&mut self) {
+        let next = self.hotplug.lock().ok().and_then(|mut h| h.poll_recovery());
+        let result = match next {
+            // A zero duration would disarm the timer.
+            Some(due) => self
+                .recovery_timer
+                .reset(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)), None),
+            None => self.recovery_timer.clear(),
+        };
+        if let Err(e) = result {
+            log::warn!("cannot arm the device recovery timer: {e}");
+        }
     }
 
     fn sync(&mut self, ops: &mut EventOps) {
@@ -253,6 +273,9 @@ impl MutEventSubscriber for HotplugWatcher {
                 log::error!("cannot watch hotplug events: {e:?}");
             }
         }
+        if let Err(e) = ops.add(Events::new(&self.recovery_timer, EventSet::IN)) {
+            log::error!("cannot watch the device recovery timer: {e:?}");
+        }
         self.sync(ops);
     }
 
@@ -265,6 +288,8 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         } else if fd == self.resync.as_raw_fd() {
             let _ = self.resync.read();
+        } else if fd == self.recovery_timer.as_raw_fd() {
+            let _ = self.recovery_timer.wait();
         } else if fd == self.dma_done.as_raw_fd() {
             let _ = self.dma_done.read();
             if let Ok(mut h) = self.hotplug.lock() {
@@ -279,5 +304,6 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         }
         self.sync(ops);
+        self.poll_recovery();
     }
 }

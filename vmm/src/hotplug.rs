@@ -133,8 +133,13 @@ impl Hotplug {
 
     fn watch(&mut self, change: RequestWatch) {
         self.request_watch.push(change);
+        self.wake_event_loop();
+    }
+
+    /// Makes the event loop's hotplug watcher look at host-request watches and recoveries.
+    pub(crate) fn wake_event_loop(&self) {
         if let Err(e) = self.resync.write(1) {
-            log::error!("cannot tell the event loop about host requests: {e}");
+            log::error!("cannot wake the event loop's hotplug watcher: {e}");
         }
     }
 

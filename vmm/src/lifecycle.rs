@@ -57,6 +57,22 @@ impl Hotplug {
         }
     }
 
+    /// Advances the driver recoveries of devices that lost work while paused (see
+    /// `pci::vfio::recovery`); returns when the next step is due.
+    pub fn poll_recovery(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
+        let mut next: Option<Instant> = None;
+        for slot in slots {
+            self.with_device(slot, |d| {
+                if let Some(due) = d.recovery_tick(now) {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            });
+        }
+        next
+    }
+
     /// `vm.pause` (after the vCPUs stopped): every device stops DMA and interrupts.
     pub fn pause_devices(&mut self) {
         self.paused_since = Some(Instant::now());
@@ -175,6 +191,8 @@ impl Hotplug {
                 log::warn!("resume: {}", e.message);
             }
         }
+        // Recoveries started by unquiesce run from the event loop's timer: make it look.
+        self.wake_event_loop();
         // The time paused does not count against an eject in progress.
         if let Some(since) = self.paused_since.take() {
             let paused = since.elapsed();

@@ -159,7 +159,8 @@ impl Vm {
             self.devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
             self.dma_done.try_clone().map_err(VmmError::EventLoop)?,
             self.hotplug.clone(),
-        );
+        )
+        .map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(hotplug_watcher)));
         let signals = TerminationSignals::install(exit.clone()).map_err(VmmError::EventLoop)?;
         manager.add_subscriber(Arc::new(Mutex::new(signals)));

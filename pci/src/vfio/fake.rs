@@ -24,6 +24,8 @@ pub struct FakeVfio {
     /// The same for MSI.
     pub msi_calls: Mutex<Vec<usize>>,
     pub resets: Mutex<u32>,
+    /// Values of 4-byte BAR reads `(region, offset)`; other BAR reads return 0x5a bytes.
+    pub bar_words: Mutex<BTreeMap<(u32, u64), u32>>,
 }
 
 impl FakeVfio {
@@ -102,7 +104,10 @@ impl VfioBackend for FakeVfio {
             return;
         }
         self.accesses.lock().unwrap().push((index, offset, data.len(), false));
-        data.fill(0x5a);
+        match self.bar_words.lock().unwrap().get(&(index, offset)) {
+            Some(word) if data.len() == 4 => data.copy_from_slice(&word.to_le_bytes()),
+            _ => data.fill(0x5a),
+        }
     }
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) {

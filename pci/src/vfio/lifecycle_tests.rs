@@ -183,3 +183,120 @@ fn unquiesce_while_guest_ram_is_mapped_again_defers_bus_mastering() {
     dev.apply_deferred_bus_master();
     assert_eq!(device_command(&fresh), COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER);
 }
+
+// --- driver recovery after lost work (recovery.rs) ---
+
+use std::time::Duration;
+
+const RDH0: u64 = 0x2810;
+const MAILBOX: u64 = 0xc40;
+const MAILBOX_MEMORY: u64 = 0x800;
+const NACK: u32 = 1 << 30;
+
+/// The fake's BAR reads as the igb VF has them: the mailbox memory holds the PF's last
+/// (clear-to-send) reply.
+fn with_mailbox(fake: &FakeVfio) {
+    fake.bar_words.lock().unwrap().insert((0, MAILBOX_MEMORY), 1 << 29);
+}
+
+fn mailbox_acks(fake: &FakeVfio) -> usize {
+    fake.accesses.lock().unwrap().iter().filter(|a| **a == (0, MAILBOX, 4, true)).count()
+}
+
+#[test]
+fn a_pause_in_which_the_device_did_no_work_needs_no_recovery() {
+    let (mut dev, fake, _) = running_device();
+    dev.quiesce();
+    dev.unquiesce();
+    assert_eq!(*fake.resets.lock().unwrap(), 0);
+    assert_eq!(dev.recovery_due(), None);
+    // Nor does a function without a recovery recipe, or one paused with bus mastering off.
+    let (mut dev, fake, _) = running_device();
+    dev.config_write(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    dev.quiesce();
+    fake.bar_words.lock().unwrap().insert((0, RDH0), 7);
+    dev.unquiesce();
+    assert_eq!((*fake.resets.lock().unwrap(), dev.recovery_due()), (0, None));
+}
+
+#[test]
+fn a_device_that_consumed_work_while_paused_is_reset_and_its_driver_told_by_the_pf() {
+    let (mut dev, fake, _) = running_device();
+    with_mailbox(&fake);
+    dev.quiesce();
+    // The emulated igb took receive descriptors while it could not write them back.
+    fake.bar_words.lock().unwrap().insert((0, RDH0), 7);
+    let before = std::time::Instant::now();
+    dev.unquiesce();
+    assert_eq!(*fake.resets.lock().unwrap(), 1, "reset before the guest runs");
+    let due = dev.recovery_due().expect("a recovery is scheduled");
+    assert!(due >= before + crate::vfio::recovery::PF_NACK_HOLDOFF);
+    let kicks_at_resume = (eventfd_count(&dev, 0), eventfd_count(&dev, 2));
+    assert_eq!(kicks_at_resume, (1, 1));
+
+    // Before the PF's hold-off ends nothing is written.
+    assert_eq!(dev.recovery_tick(due - Duration::from_millis(1)), Some(due));
+    assert_eq!(mailbox_acks(&fake), 0);
+    // Then one ACK to the VF's mailbox, and the mailbox memory is watched for the NACK.
+    let next = dev.recovery_tick(due).expect("waiting for the NACK");
+    assert_eq!(mailbox_acks(&fake), 1);
+    assert!(next > due);
+    assert_eq!(dev.recovery_tick(next), Some(next + Duration::from_millis(100)));
+    assert_eq!((eventfd_count(&dev, 0), eventfd_count(&dev, 2)), (0, 0), "no kick before the NACK");
+    // The PF's NACK arrives: every unmasked vector is raised once and the recovery ends.
+    fake.bar_words.lock().unwrap().insert((0, MAILBOX_MEMORY), NACK);
+    assert_eq!(dev.recovery_tick(next + Duration::from_millis(100)), None);
+    assert_eq!((eventfd_count(&dev, 0), eventfd_count(&dev, 1), eventfd_count(&dev, 2)), (1, 0, 1));
+    assert_eq!(dev.recovery_due(), None);
+    assert_eq!(mailbox_acks(&fake), 1);
+}
+
+#[test]
+fn recovery_gives_up_after_three_unanswered_acks_and_stops_when_paused_again() {
+    let (mut dev, fake, _) = running_device();
+    with_mailbox(&fake);
+    dev.quiesce();
+    fake.bar_words.lock().unwrap().insert((0, RDH0), 7);
+    dev.unquiesce();
+    let mut now = dev.recovery_due().unwrap();
+    let mut steps = 0;
+    while let Some(next) = dev.recovery_tick(now) {
+        now = next;
+        steps += 1;
+        assert!(steps < 1000, "the recovery ends");
+    }
+    assert_eq!(mailbox_acks(&fake), 3);
+    assert_eq!(*fake.resets.lock().unwrap(), 1);
+
+    // A pause during a recovery ends it: nothing is written to a quiesced device.
+    let (mut dev, fake, _) = running_device();
+    dev.quiesce();
+    fake.bar_words.lock().unwrap().insert((0, RDH0), 7);
+    dev.unquiesce();
+    let due = dev.recovery_due().unwrap();
+    dev.quiesce();
+    assert_eq!(dev.recovery_due(), None);
+    assert_eq!(dev.recovery_tick(due), None);
+    assert_eq!(mailbox_acks(&fake), 0);
+}
+
+#[test]
+fn a_reopened_device_is_recovered_without_another_reset() {
+    let (mut dev, _, _) = running_device();
+    dev.quiesce();
+    drop(dev.release().unwrap());
+    let fresh = Arc::new(FakeVfio::igb_vf());
+    with_mailbox(&fresh);
+    dev.rebind(fresh.clone()).unwrap();
+    dev.unquiesce();
+    assert_eq!(*fresh.resets.lock().unwrap(), 0, "opening it reset it already");
+    let due = dev.recovery_due().expect("its driver must still learn of the reset");
+    dev.recovery_tick(due);
+    assert_eq!(mailbox_acks(&fresh), 1);
+    // A device resumed while released has nothing to recover.
+    let (mut dev, _, _) = running_device();
+    dev.quiesce();
+    drop(dev.release().unwrap());
+    dev.unquiesce();
+    assert_eq!(dev.recovery_due(), None);
+}

@@ -12,6 +12,7 @@ pub mod device;
 pub mod fake;
 pub mod lifecycle;
 pub mod msix_routing;
+pub mod recovery;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -135,7 +135,7 @@ impl VectorRoutes {
 
     /// Raises every vector the guest has unmasked once (a spurious interrupt a driver
     /// handles by looking at its device).
-    fn kick(&self) {
+    pub fn kick(&self) {
         for v in (0..self.unmasked.len()).filter(|&v| self.unmasked[v]) {
             if let Err(e) = self.eventfds[v].write(1) {
                 log::warn!("vector {v}: cannot raise: {e}");
@@ -175,6 +175,8 @@ pub trait InterruptRouting {
     fn release(&mut self);
     /// A new host device: VFIO's side on again, as the guest had it.
     fn rebind(&mut self) -> Result<(), MsixRoutingError>;
+    /// Each vector the guest has unmasked raised once.
+    fn kick(&self);
 }
 
 pub struct MsixRouting {
@@ -268,6 +270,10 @@ impl InterruptRouting for MsixRouting {
         self.routes.unquiesce(kick);
     }
 
+    fn kick(&self) {
+        self.routes.kick();
+    }
+
     /// VFIO's MSI-X off. The table, routes and eventfds stay.
     fn release(&mut self) {
         if self.vfio_enabled {
@@ -346,6 +352,10 @@ impl InterruptRouting for MsiRouting {
 
     fn unquiesce(&mut self, kick: bool) {
         self.routes.unquiesce(kick);
+    }
+
+    fn kick(&self) {
+        self.routes.kick();
     }
 
     /// VFIO's MSI off; the capability state stays.

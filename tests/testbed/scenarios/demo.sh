@@ -123,11 +123,18 @@ else
     done_step FAILED "the guest is not paused (state: $state)"
 fi
 
-step "vfctl resume: the guest runs again and answers what was typed while it was paused"
+step "vfctl resume: the guest runs again, answers what was typed while it was paused, both VFs pass traffic"
 vfctl resume 2>&1 | indent
 if guest_cmd_wait "$VM" 60 && [[ $(vfctl --json info | python3 -c "import json,sys; print(json.load(sys.stdin)['state'])") == Running ]]; then
     say "    the command typed while paused ran on resume; VM state: Running, devices Bound again"
-    done_step ok
+    if res=$(guest 120 "/init vf-wait-ping 0000:00:01.0 30; /init vf-wait-ping $gbdf 30") \
+        && [[ $(grep -c "ok=1" <<< "$res") == 2 ]]; then
+        echo "$res" | sed 's/^VFWAIT /guest: ping through the VF: /' | indent
+        done_step ok
+    else
+        echo "${res:-}" | indent
+        done_step FAILED "the guest's traffic did not come back after a plain resume"
+    fi
 else
     done_step FAILED "no answer after resume"
 fi

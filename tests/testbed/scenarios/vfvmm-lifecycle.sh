@@ -7,7 +7,10 @@
 #   two-vms    VMs with VF0 and VF1 paused and released, numvfs 2 -> 0 -> 4, resumed, both ping
 #   missing    resume while the VF does not exist: the VM runs, the device is Released with the
 #              reason; later pause + re-create + acquire-device + resume: pings again
-#   bad-*      release while running 405, acquire with another kind of device 409, unknown 404
+#   bad-*      release while running 405, acquire with another kind of device 409, unknown 404;
+#              then resume with the VF not re-created (re-opened at its path): pings again
+#   plain      VM a with its idle VF0 and a hot-added VF2: plain pause/resume, then pause with
+#              release and resume without re-creation; both VFs ping again each time
 # Results: lifecycle.txt (KEY value lines) and the VMs' logs; tests/tests/testbed_lifecycle.rs
 # asserts on them.
 set -uo pipefail
@@ -72,7 +75,7 @@ i1=$(vfio_irqs $VF0)
 fact "paused_irqs $i0 $i1"
 "$VFCTL" --api-socket $SOCK resume
 fact "resumed_command $(command_reg $VF0)"
-fact "resumed_ping $(guest_cmd lc-a 60 "/init vf-ping $GBDF 192.0.2.10")"
+fact "resumed_ping $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
 ping -c 3 -i 0.2 -W 1 192.0.2.10 > /dev/null 2>&1
 fact "resumed_irqs $i1 $(vfio_irqs $VF0)"
 
@@ -109,9 +112,7 @@ E1000=($(grep -l 0x100e /sys/bus/pci/devices/*/device | xargs -n1 dirname | xarg
 for e in "${E1000[@]}"; do bind_to "$e" vfio-pci >/dev/null; done
 bad acquire-device vf0 "path=/sys/bus/pci/devices/${E1000[0]}"
 fact "after_bad_info $(info_binding $SOCK)"
-# The host re-creates the VFs (a VF only closed and reopened is reset by vfio-pci in a way
-# igbvf does not notice: see README, "The VF lifecycle").
-recreate_vfs 2
+# Resumed without re-creating the VF: re-acquired at the same path (vfio-pci reset it).
 "$VFCTL" --api-socket $SOCK resume
 fact "after_bad $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
 
@@ -141,6 +142,27 @@ fact "two_vms vfs=$(cat $PFDIR/sriov_numvfs) a=$(info_binding $SOCK) b=$(info_bi
 "$VFCTL" --api-socket $SOCKB resume
 fact "two_vms_a $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
 fact "two_vms_b $(guest_cmd lc-b 60 "/init vf-wait-ping $GBDF 30")"
+
+# --- plain pause of a VM with an idle VF beside a hot-added one, then release without
+# re-creation: both VFs' traffic comes back by itself each time ---
+VF2=$(basename "$(readlink "$PFDIR/virtfn2")")
+HBDF=0000:00:02.0   # the hot-added VF's slot in the guest
+"$VFCTL" --api-socket $SOCK add-device "path=/sys/bus/pci/devices/$VF2,id=vf2" > /dev/null
+fact "plain_added $(guest_cmd lc-a 90 "i=0; while [ ! -e /sys/bus/pci/drivers/igbvf/$HBDF/net ] && [ \$i -lt 600 ]; do sleep 0.1; i=\$((i+1)); done; /init vf-ping $HBDF 192.0.2.12")"
+"$VFCTL" --api-socket $SOCK pause
+sleep 3
+"$VFCTL" --api-socket $SOCK resume
+fact "plain_vf0 $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+fact "plain_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
+recovered() { grep -ac 'the PF refused the VF' "$RESULTS/lc-a.err"; }
+r0=$(recovered)
+"$VFCTL" --api-socket $SOCK pause --release > /dev/null
+fact "reopen_info $(info_binding $SOCK)"
+"$VFCTL" --api-socket $SOCK resume
+fact "reopen_vf0 $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+fact "reopen_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
+fact "reopen_state $(guest_cmd lc-a 30 "/init vf-state $HBDF")"
+fact "reopen_recoveries $(($(recovered) - r0))"
 
 for s in $SOCK $SOCKB; do "$VFCTL" --api-socket $s shutdown-vmm; done
 vmm_wait lc-a

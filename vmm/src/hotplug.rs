@@ -7,21 +7,17 @@
 //! eject within the timeout shows "Detaching (eject timed out)"; remove-device again retries.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use api::{AddDevice, ApiError, Refusal};
-use devices::hotplug::HotplugRegisters;
-use kvm_ioctls::VmFd;
-use pci::{BarAllocator, PciBus};
 use serde_json::json;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
 use crate::binding::BindingState;
 use crate::config::DeviceConfig;
-use crate::memory::GuestMemory;
-use crate::vfio::{validate_device, HostDevice, HostRoots, KvmPlatform, VfioError, VfioManager};
+use crate::device_host::DeviceHost;
+use crate::vfio::{HostDevice, VfioError};
 
 pub(crate) struct Entry {
     pub(crate) host: HostDevice,
@@ -42,13 +38,8 @@ pub enum RequestWatch {
 }
 
 pub struct Hotplug {
-    vm: Arc<VmFd>,
-    pub(crate) memory: GuestMemory,
-    bus: Arc<RwLock<PciBus>>,
-    allocator: Arc<Mutex<BarAllocator>>,
-    platform: Arc<KvmPlatform>,
-    registers: Arc<Mutex<HotplugRegisters>>,
-    pub(crate) vfio: Option<VfioManager>,
+    /// The host and VM side of every operation.
+    pub(crate) host: Box<dyn DeviceHost>,
     pub(crate) entries: BTreeMap<String, Entry>,
     eject_timeout: Duration,
     pub(crate) reacquire_timeout: Duration,
@@ -71,14 +62,8 @@ pub(crate) fn refusal(e: &VfioError) -> Refusal {
 }
 
 impl Hotplug {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        vm: Arc<VmFd>,
-        memory: GuestMemory,
-        bus: Arc<RwLock<PciBus>>,
-        allocator: Arc<Mutex<BarAllocator>>,
-        platform: Arc<KvmPlatform>,
-        registers: Arc<Mutex<HotplugRegisters>>,
+        host: Box<dyn DeviceHost>,
         eject_timeout: Duration,
         reacquire_timeout: Duration,
         resync: EventFd,
@@ -86,13 +71,7 @@ impl Hotplug {
         Self {
             request_watch: Vec::new(),
             resync,
-            vm,
-            memory,
-            bus,
-            allocator,
-            platform,
-            registers,
-            vfio: None,
+            host,
             entries: BTreeMap::new(),
             eject_timeout,
             reacquire_timeout,
@@ -101,18 +80,10 @@ impl Hotplug {
         }
     }
 
-    fn manager(&mut self) -> Result<&mut VfioManager, VfioError> {
-        if self.vfio.is_none() {
-            self.vfio = Some(VfioManager::new(&self.vm, self.platform.clone())?);
-        }
-        Ok(self.vfio.as_mut().expect("just set"))
-    }
-
     /// Plugs a validated device; returns its guest slot.
     fn plug(&mut self, host: HostDevice) -> Result<u8, VfioError> {
-        let (memory, bus, allocator) = (self.memory.clone(), self.bus.clone(), self.allocator.clone());
         let request = EventFd::new(libc::EFD_NONBLOCK).ok();
-        let slot = self.manager()?.attach(host.clone(), &memory, &bus, &allocator, request.as_ref())?.slot;
+        let slot = self.host.plug(host.clone(), request.as_ref())?;
         let kept = request.as_ref().and_then(|fd| fd.try_clone().ok());
         self.entries.insert(
             host.id.clone(),
@@ -176,9 +147,7 @@ impl Hotplug {
                 entry.state = next;
                 if action == AttachAction::NotifyEject {
                     entry.eject_deadline.get_or_insert(Instant::now() + self.eject_timeout);
-                    if let Ok(mut r) = self.registers.lock() {
-                        r.slot_down(slot);
-                    }
+                    self.host.announce(slot, false);
                 }
             }
             Err(e) => log::warn!("slot {slot}: host request ignored: {e}"),
@@ -220,17 +189,14 @@ impl Hotplug {
             return Err(ApiError::refused(Refusal::Conflict, format!("device id '{id}' is in use")));
         }
         let cfg = DeviceConfig { path: req.path.clone().into(), id: Some(id.clone()) };
-        let host = validate_device(&HostRoots::default(), &cfg, 0)
-            .map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
+        let host = self.host.validate(&cfg).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         if self.live().any(|e| e.host.path == host.path) {
             return Err(ApiError::refused(Refusal::Conflict, format!("{} is already attached", req.path)));
         }
         // A detached entry with this id is history now.
         self.entries.remove(&id);
         let slot = self.plug(host).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
-        if let Ok(mut r) = self.registers.lock() {
-            r.slot_up(slot);
-        }
+        self.host.announce(slot, true);
         Ok(json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }))
     }
 
@@ -247,16 +213,14 @@ impl Hotplug {
         entry.state = next;
         if action == AttachAction::NotifyEject {
             entry.eject_deadline = Some(Instant::now() + self.eject_timeout);
-            if let Ok(mut r) = self.registers.lock() {
-                r.slot_down(entry.slot);
-            }
+            self.host.announce(entry.slot, false);
         }
         Ok(())
     }
 
     /// The guest ran `_EJ0` for some slots: tear those devices down.
     pub fn on_guest_eject(&mut self) {
-        let ejected = self.registers.lock().map(|mut r| r.take_ejected()).unwrap_or(0);
+        let ejected = self.host.take_ejected();
         let slots: Vec<u8> = (1..32u8).filter(|s| ejected & (1 << s) != 0).collect();
         for slot in slots {
             let Some(entry) = self.entries.values_mut().find(|e| e.slot == slot && e.state != AttachState::Detached)
@@ -267,9 +231,7 @@ impl Hotplug {
                 Ok((next, AttachAction::TearDown)) => {
                     entry.state = next;
                     entry.eject_deadline = None;
-                    if let Some(v) = self.vfio.as_mut() {
-                        v.detach(slot, &self.bus, &self.allocator);
-                    }
+                    self.host.unplug(slot);
                     self.watch(RequestWatch::Remove { slot });
                 }
                 Ok((next, _)) => entry.state = next,
@@ -283,14 +245,7 @@ impl Hotplug {
         let now = Instant::now();
         for entry in self.entries.values_mut() {
             let event = match entry.state {
-                AttachState::Attaching => {
-                    let enabled = self
-                        .vfio
-                        .as_ref()
-                        .and_then(|v| v.devices.iter().find(|d| d.slot == entry.slot))
-                        .is_some_and(|d| d.device.lock().map(|dev| dev.guest_enabled()).unwrap_or(false));
-                    enabled.then_some(AttachEvent::GuestEnabled)
-                }
+                AttachState::Attaching => self.host.guest_enabled(entry.slot).then_some(AttachEvent::GuestEnabled),
                 // The eject timeout does not run while the VM is paused.
                 AttachState::Detaching { timed_out: false } if self.paused_since.is_none() => {
                     entry.eject_deadline.is_some_and(|d| now >= d).then_some(AttachEvent::EjectTimedOut)
@@ -322,15 +277,15 @@ impl Hotplug {
 
     /// `vm.shutdown`: press the ACPI power button (GED).
     pub fn power_button(&self) {
-        if let Ok(mut r) = self.registers.lock() {
-            r.power_button();
-        }
+        self.host.power_button();
     }
 
     /// VM exit: every device quiesced, reset and released.
     pub fn shutdown(&mut self) {
-        if let Some(mut v) = self.vfio.take() {
-            v.shutdown();
-        }
+        self.host.shutdown();
     }
 }
+
+#[cfg(test)]
+#[path = "hotplug_tests.rs"]
+mod tests;

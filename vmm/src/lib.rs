@@ -5,6 +5,7 @@ pub mod attachment;
 pub mod binding;
 pub mod boot;
 pub mod config;
+pub mod device_host;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit_counters;

@@ -12,21 +12,12 @@ use crate::attachment::AttachState;
 use crate::binding::{transition, BindingAction, BindingEvent, BindingState};
 use crate::config::DeviceConfig;
 use crate::hotplug::{refusal, Hotplug};
-use crate::vfio::{validate_device, HostDevice, HostRoots, ReacquireError};
+use crate::vfio::{HostDevice, ReacquireError};
 
 /// How often resume looks for a released device's path while it waits for it.
 const REACQUIRE_POLL: Duration = Duration::from_millis(50);
 
 impl Hotplug {
-    fn with_device(&self, slot: u8, f: impl FnOnce(&mut pci::vfio::VfioPciDevice)) {
-        let Some(device) = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == slot)) else {
-            return;
-        };
-        if let Ok(mut dev) = device.device.lock() {
-            f(&mut dev);
-        }
-    }
-
     /// Applies `event` to device `id`'s binding and carries out the quiesce/unquiesce action.
     fn binding_event(&mut self, id: &str, event: BindingEvent) -> Result<BindingAction, ApiError> {
         let entry = self
@@ -38,8 +29,8 @@ impl Hotplug {
         entry.binding = next;
         let slot = entry.slot;
         match action {
-            BindingAction::Quiesce => self.with_device(slot, |d| d.quiesce()),
-            BindingAction::Unquiesce => self.with_device(slot, |d| d.unquiesce()),
+            BindingAction::Quiesce => self.host.quiesce(slot),
+            BindingAction::Unquiesce => self.host.unquiesce(slot),
             BindingAction::Release | BindingAction::None => {}
         }
         Ok(action)
@@ -53,7 +44,7 @@ impl Hotplug {
     pub fn on_dma_mapped(&mut self) {
         let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
         for slot in slots {
-            self.with_device(slot, |d| d.apply_deferred_bus_master());
+            self.host.apply_deferred_bus_master(slot);
         }
     }
 
@@ -64,11 +55,9 @@ impl Hotplug {
         let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
         let mut next: Option<Instant> = None;
         for slot in slots {
-            self.with_device(slot, |d| {
-                if let Some(due) = d.recovery_tick(now) {
-                    next = Some(next.map_or(due, |n| n.min(due)));
-                }
-            });
+            if let Some(due) = self.host.recovery_tick(slot, now) {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
         }
         next
     }
@@ -96,8 +85,7 @@ impl Hotplug {
         let slot = entry.slot;
         let (next, _) = transition(&entry.binding, BindingEvent::Release)
             .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
-        let vfio = self.vfio.as_mut().ok_or_else(|| ApiError::refused(Refusal::Internal, "no VFIO state"))?;
-        vfio.release(slot).map_err(|e| ApiError::refused(Refusal::Internal, format!("{id}: {e}")))?;
+        self.host.release(slot).map_err(|e| ApiError::refused(Refusal::Internal, format!("{id}: {e}")))?;
         if let Some(entry) = self.entries.get_mut(id) {
             entry.binding = next;
         }
@@ -113,11 +101,7 @@ impl Hotplug {
         };
         let slot = entry.slot;
         let request = entry.request.as_ref().and_then(|fd| fd.try_clone().ok());
-        let memory = self.memory.clone();
-        let result = match self.vfio.as_mut() {
-            Some(v) => v.reacquire(slot, host, &memory, request.as_ref()),
-            None => Err(ReacquireError::NoDevice(slot)),
-        };
+        let result = self.host.reacquire(slot, host, request.as_ref());
         let event = match &result {
             Ok(()) => Some(BindingEvent::Acquired),
             Err(e) if record_failure => Some(BindingEvent::AcquireFailed(e.to_string())),
@@ -142,8 +126,7 @@ impl Hotplug {
         }
         let path = path.map(Into::into).unwrap_or_else(|| entry.host.path.clone());
         let cfg = DeviceConfig { path, id: Some(id.to_string()) };
-        let host = validate_device(&HostRoots::default(), &cfg, 0)
-            .map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
+        let host = self.host.validate(&cfg).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         if self.live().any(|e| e.host.id != id && e.host.path == host.path) {
             return Err(ApiError::refused(
                 Refusal::Conflict,
@@ -170,7 +153,9 @@ impl Hotplug {
         for (id, host) in released {
             let cfg = DeviceConfig { path: host.path.clone(), id: Some(id.clone()) };
             let outcome = loop {
-                let attempt = validate_device(&HostRoots::default(), &cfg, 0)
+                let attempt = self
+                    .host
+                    .validate(&cfg)
                     .map_err(|e| e.to_string())
                     .and_then(|h| self.reacquire(&id, h, false).map_err(|e| e.to_string()));
                 match attempt {

@@ -14,6 +14,7 @@ use vmm_sys_util::terminal::Terminal;
 use crate::api_handler::ApiHandler;
 use crate::boot::{self, EntryPoint};
 use crate::config::{SerialConfig, VmConfig};
+use crate::device_host::KvmDeviceHost;
 use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
 use crate::hotplug::Hotplug;
@@ -80,13 +81,16 @@ impl Vm {
                 .map_err(VmmError::EventLoop)?,
         );
         let dma_done = platform.dma_done_fd().map_err(VmmError::EventLoop)?;
-        let hotplug = Arc::new(Mutex::new(Hotplug::new(
+        let host = KvmDeviceHost::new(
             fd.clone(),
             memory.clone(),
             devices.pci_bus.clone(),
             bar_allocator,
             platform,
             devices.hotplug.clone(),
+        );
+        let hotplug = Arc::new(Mutex::new(Hotplug::new(
+            Box::new(host),
             config.eject_timeout,
             config.reacquire_timeout,
             devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,

@@ -1,0 +1,298 @@
+//! Device orchestration (hotplug and the VF lifecycle) against a fake host: what is asked of
+//! the host and the VM, in which order, and what is refused in which state (changing nothing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::device_host::DeviceHost;
+use crate::vfio::ReacquireError;
+
+/// What the fake host was asked, and how it answers.
+#[derive(Default)]
+struct HostState {
+    calls: Vec<String>,
+    /// Paths that do not validate (the VF does not exist).
+    missing: BTreeSet<PathBuf>,
+    /// Paths holding another kind of device (re-acquire refuses them).
+    other_kind: BTreeSet<PathBuf>,
+    ejected: u32,
+    enabled: BTreeSet<u8>,
+    recovery_due: BTreeMap<u8, Instant>,
+    next_slot: u8,
+}
+
+#[derive(Clone, Default)]
+struct FakeHost(Arc<Mutex<HostState>>);
+
+impl FakeHost {
+    fn log(&self, call: String) {
+        self.0.lock().unwrap().calls.push(call);
+    }
+
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap().calls)
+    }
+}
+
+fn host_device(path: &str, id: &str) -> HostDevice {
+    let bdf = path.rsplit('/').next().unwrap_or_default().to_string();
+    HostDevice { path: PathBuf::from(path), bdf, group: 7, id: id.to_string() }
+}
+
+impl DeviceHost for FakeHost {
+    fn validate(&self, cfg: &DeviceConfig) -> Result<HostDevice, VfioError> {
+        self.log(format!("validate {}", cfg.path.display()));
+        if self.0.lock().unwrap().missing.contains(&cfg.path) {
+            return Err(VfioError::NotPciDevice { path: cfg.path.display().to_string() });
+        }
+        Ok(host_device(&cfg.path.display().to_string(), cfg.id.as_deref().unwrap_or("?")))
+    }
+
+    fn plug(&mut self, host: HostDevice, request: Option<&EventFd>) -> Result<u8, VfioError> {
+        assert!(request.is_some(), "every device gets a host-request eventfd");
+        let mut s = self.0.lock().unwrap();
+        s.next_slot += 1;
+        let slot = s.next_slot;
+        s.calls.push(format!("plug {} {slot}", host.id));
+        Ok(slot)
+    }
+
+    fn unplug(&mut self, slot: u8) {
+        self.log(format!("unplug {slot}"));
+    }
+
+    fn announce(&self, slot: u8, present: bool) {
+        self.log(format!("announce {slot} {}", if present { "up" } else { "down" }));
+    }
+
+    fn take_ejected(&self) -> u32 {
+        std::mem::take(&mut self.0.lock().unwrap().ejected)
+    }
+
+    fn power_button(&self) {
+        self.log("power_button".into());
+    }
+
+    fn guest_enabled(&self, slot: u8) -> bool {
+        self.0.lock().unwrap().enabled.contains(&slot)
+    }
+
+    fn quiesce(&mut self, slot: u8) {
+        self.log(format!("quiesce {slot}"));
+    }
+
+    fn unquiesce(&mut self, slot: u8) {
+        self.log(format!("unquiesce {slot}"));
+    }
+
+    fn release(&mut self, slot: u8) -> Result<(), String> {
+        self.log(format!("release {slot}"));
+        Ok(())
+    }
+
+    fn reacquire(&mut self, slot: u8, host: HostDevice, _request: Option<&EventFd>) -> Result<(), ReacquireError> {
+        self.log(format!("reacquire {slot} {}", host.path.display()));
+        if self.0.lock().unwrap().other_kind.contains(&host.path) {
+            return Err(ReacquireError::Kind(format!(
+                "{}: vendor:device 8086:100e, was 8086:10ca",
+                host.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn apply_deferred_bus_master(&mut self, slot: u8) {
+        self.log(format!("bus_master {slot}"));
+    }
+
+    fn recovery_tick(&mut self, slot: u8, _now: Instant) -> Option<Instant> {
+        self.0.lock().unwrap().recovery_due.get(&slot).copied()
+    }
+
+    fn shutdown(&mut self) {
+        self.log("shutdown".into());
+    }
+}
+
+const VF0: &str = "/sys/bus/pci/devices/0000:01:10.0";
+const VF1: &str = "/sys/bus/pci/devices/0000:01:10.2";
+const VF2: &str = "/sys/bus/pci/devices/0000:01:10.4";
+
+/// A VM with vf0 (slot 1) and vf1 (slot 2) plugged at boot and enabled by the guest.
+fn vm_with_two_vfs() -> (Hotplug, FakeHost) {
+    let host = FakeHost::default();
+    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_millis(0), resync);
+    h.attach_at_boot(vec![host_device(VF0, "vf0"), host_device(VF1, "vf1")]).unwrap();
+    host.0.lock().unwrap().enabled.extend([1, 2]);
+    assert_eq!(host.take_calls(), ["plug vf0 1", "plug vf1 2"]);
+    (h, host)
+}
+
+/// `id=state/binding` of every device, as vm.info shows them.
+fn states(h: &mut Hotplug) -> Vec<String> {
+    h.info().iter().map(|d| format!("{}={}/{}", d["id"].as_str().unwrap(), d["state"], d["binding"])).collect()
+}
+
+fn add_request(path: &str, id: &str) -> api::AddDevice {
+    serde_json::from_value(serde_json::json!({ "path": path, "id": id })).unwrap()
+}
+
+#[test]
+fn pause_quiesces_every_device_and_resume_lets_them_run_again() {
+    let (mut h, host) = vm_with_two_vfs();
+    assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#, r#"vf1="Attached"/"Bound""#]);
+    h.pause_devices();
+    assert_eq!(host.take_calls(), ["quiesce 1", "quiesce 2"]);
+    assert_eq!(states(&mut h), [r#"vf0="Attached"/"Quiesced""#, r#"vf1="Attached"/"Quiesced""#]);
+    h.resume_devices();
+    assert_eq!(host.take_calls(), ["unquiesce 1", "unquiesce 2"], "nothing to re-acquire");
+    assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#, r#"vf1="Attached"/"Bound""#]);
+}
+
+#[test]
+fn requests_that_need_the_other_vm_state_are_refused_and_change_nothing() {
+    let (mut h, host) = vm_with_two_vfs();
+    // Running: release and acquire need a paused VM.
+    assert_eq!(h.release("vf0").unwrap_err().status, 405);
+    assert_eq!(h.acquire("vf0", None).unwrap_err().status, 405);
+    // Paused: add and remove need a guest that answers.
+    h.pause_devices();
+    host.take_calls();
+    let before = states(&mut h);
+    assert_eq!(h.add(add_request(VF2, "vf2")).unwrap_err().status, 405);
+    assert_eq!(h.remove("vf1").unwrap_err().status, 405);
+    // Unknown ids, and a device in the wrong binding state.
+    assert_eq!(h.release("nosuch").unwrap_err().status, 404);
+    assert_eq!(h.acquire("nosuch", None).unwrap_err().status, 404);
+    assert_eq!(h.acquire("vf0", None).unwrap_err().status, 409, "vf0 is not released");
+    assert_eq!(host.take_calls(), Vec::<String>::new(), "nothing was asked of the host");
+    assert_eq!(states(&mut h), before);
+}
+
+#[test]
+fn release_while_paused_and_resume_reacquires_at_the_same_path_before_the_devices_run() {
+    let (mut h, host) = vm_with_two_vfs();
+    h.pause_devices();
+    h.release("vf0").unwrap();
+    assert_eq!(h.release("vf0").unwrap_err().status, 409, "released twice");
+    assert_eq!(host.take_calls(), ["quiesce 1", "quiesce 2", "release 1"]);
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Released""#);
+    h.resume_devices();
+    assert_eq!(
+        host.take_calls(),
+        [format!("validate {VF0}"), format!("reacquire 1 {VF0}"), "unquiesce 1".into(), "unquiesce 2".into()]
+    );
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Bound""#);
+}
+
+#[test]
+fn a_device_that_does_not_come_back_stays_released_with_the_reason_and_the_vm_resumes() {
+    let (mut h, host) = vm_with_two_vfs();
+    h.pause_devices();
+    h.release("vf0").unwrap();
+    host.0.lock().unwrap().missing.insert(VF0.into());
+    host.take_calls();
+    h.resume_devices();
+    let calls = host.take_calls();
+    assert_eq!(calls.last().map(String::as_str), Some("unquiesce 2"), "the other device runs: {calls:?}");
+    assert!(calls.contains(&"unquiesce 1".to_string()), "the released one gets its traps back: {calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("reacquire")), "{calls:?}");
+    let vf0 = &states(&mut h)[0];
+    assert!(vf0.contains("Released (") && vf0.contains("not a PCI device"), "{vf0}");
+    // Later, paused again with the VF back: acquire-device binds it.
+    host.0.lock().unwrap().missing.clear();
+    h.pause_devices();
+    host.take_calls();
+    h.acquire("vf0", None).unwrap();
+    assert_eq!(host.take_calls(), [format!("validate {VF0}"), format!("reacquire 1 {VF0}")]);
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Quiesced""#);
+}
+
+#[test]
+fn acquire_refuses_another_kind_of_device_and_a_path_another_device_holds_changing_nothing() {
+    let (mut h, host) = vm_with_two_vfs();
+    h.pause_devices();
+    h.release("vf0").unwrap();
+    host.0.lock().unwrap().other_kind.insert(VF2.into());
+    host.take_calls();
+    let e = h.acquire("vf0", Some(VF2.into())).unwrap_err();
+    assert_eq!((e.status, e.message.contains("8086:100e")), (409, true), "{}", e.message);
+    assert_eq!(h.acquire("vf0", Some(VF1.into())).unwrap_err().status, 409, "vf1 holds that path");
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Released""#, "no failure reason recorded");
+    host.take_calls();
+    // A VF of the same kind elsewhere is fine.
+    host.0.lock().unwrap().other_kind.clear();
+    h.acquire("vf0", Some(VF2.into())).unwrap();
+    assert_eq!(host.take_calls(), [format!("validate {VF2}"), format!("reacquire 1 {VF2}")]);
+}
+
+#[test]
+fn a_host_request_releases_at_once_while_paused_and_asks_the_guest_while_running() {
+    let (mut h, host) = vm_with_two_vfs();
+    h.on_host_request(2);
+    assert_eq!(host.take_calls(), ["announce 2 down"]);
+    assert_eq!(states(&mut h)[1], r#"vf1="Detaching"/"Bound""#);
+    let deadline = h.entries["vf1"].eject_deadline;
+    h.on_host_request(2);
+    assert_eq!(host.take_calls(), ["announce 2 down"], "the guest is asked again ...");
+    assert_eq!(h.entries["vf1"].eject_deadline, deadline, "... with the first deadline");
+    let (mut h, host) = vm_with_two_vfs();
+    h.pause_devices();
+    host.take_calls();
+    h.on_host_request(1);
+    assert_eq!(host.take_calls(), ["release 1"], "no eject asked of a paused guest");
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Released""#);
+    h.on_host_request(1);
+    assert_eq!(host.take_calls(), Vec::<String>::new(), "released already");
+}
+
+#[test]
+fn guest_eject_unplugs_and_the_eject_timeout_does_not_run_while_paused() {
+    let (mut h, host) = vm_with_two_vfs();
+    h.remove("vf1").unwrap();
+    assert_eq!(host.take_calls(), ["announce 2 down"]);
+    let deadline = h.entries["vf1"].eject_deadline.unwrap();
+    h.pause_devices();
+    // A long pause: its length is added to the eject deadline at resume.
+    h.paused_since = Some(Instant::now() - Duration::from_secs(60));
+    h.resume_devices();
+    assert!(h.entries["vf1"].eject_deadline.unwrap() >= deadline + Duration::from_secs(60));
+    assert_eq!(states(&mut h)[1], r#"vf1="Detaching"/"Bound""#);
+    host.take_calls();
+    host.0.lock().unwrap().ejected = 1 << 2;
+    h.on_guest_eject();
+    assert_eq!(host.take_calls(), ["unplug 2"]);
+    assert_eq!(states(&mut h)[1], r#"vf1="Detached"/"Bound""#);
+    assert!(matches!(h.take_request_watch().last(), Some(RequestWatch::Remove { slot: 2 })));
+    // The id can be used again.
+    h.add(add_request(VF1, "vf1")).unwrap();
+    assert_eq!(host.take_calls(), [format!("validate {VF1}"), "plug vf1 3".into(), "announce 3 up".into()]);
+}
+
+#[test]
+fn add_refuses_an_id_or_a_path_in_use() {
+    let (mut h, host) = vm_with_two_vfs();
+    assert_eq!(h.add(add_request(VF2, "vf0")).unwrap_err().status, 409);
+    assert_eq!(h.add(add_request(VF0, "vf9")).unwrap_err().status, 409);
+    host.0.lock().unwrap().missing.insert(VF2.into());
+    assert_eq!(h.add(add_request(VF2, "vf2")).unwrap_err().status, 404);
+    let calls = host.take_calls();
+    assert!(calls.iter().all(|c| c.starts_with("validate")), "nothing plugged: {calls:?}");
+}
+
+#[test]
+fn recoveries_are_polled_for_the_earliest_due_device() {
+    let (mut h, host) = vm_with_two_vfs();
+    assert_eq!(h.poll_recovery(), None);
+    let now = Instant::now();
+    host.0.lock().unwrap().recovery_due.extend([(1, now + Duration::from_secs(3)), (2, now + Duration::from_secs(1))]);
+    assert_eq!(h.poll_recovery(), Some(now + Duration::from_secs(1)));
+    h.on_dma_mapped();
+    assert_eq!(host.take_calls(), ["bus_master 1", "bus_master 2"]);
+}

@@ -1,14 +1,15 @@
-//! vfvmm's REST API (Cloud Hypervisor-compatible routes and bodies): HTTP framing and typed
-//! requests. See `CH_COMPAT.md` for what `ch-remote` sends and accepts.
-//!
-//! Work in progress for the API issue: requests are parsed, validated and routed here; the
-//! socket server, the VMM-thread handlers and `vfctl` come next. `--api-socket` is still
-//! refused at start-up.
+//! vfvmm's REST API (Cloud Hypervisor-compatible routes and bodies): HTTP framing, typed
+//! requests, the socket server and client, and what `vfctl` needs besides: the registry of
+//! running VMs and the host's SR-IOV functions. See `CH_COMPAT.md` for what `ch-remote` sends
+//! and accepts.
 
 pub mod client;
 pub mod http;
+pub mod manage;
+pub mod registry;
 pub mod request;
 pub mod server;
+pub mod sriov;
 
 pub use http::{parse_request, HttpError, HttpRequest, Response};
 pub use request::{route, AddDevice, ApiError, ApiRequest, Refusal};

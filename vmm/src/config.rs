@@ -93,6 +93,12 @@ pub struct Cli {
     #[arg(long = "reacquire-timeout", value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub reacquire_timeout: u64,
+    /// The VM's name in the registry of running VMs (with --api-socket; default vfvmm-PID).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where running VMs register themselves for vfctl (created with mode 0700).
+    #[arg(long = "run-dir", value_name = "DIR", default_value = api::registry::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
 }
 
 /// Upper bound of the timeout options (a day): larger values would overflow deadlines.
@@ -135,6 +141,9 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     pub eject_timeout: std::time::Duration,
     pub reacquire_timeout: std::time::Duration,
+    /// Registry name (with an API socket) and directory.
+    pub name: Option<String>,
+    pub run_dir: PathBuf,
 }
 
 /// Splits `a=1,b=2` into pairs, rejecting unknown and repeated keys.
@@ -294,6 +303,14 @@ impl Cli {
             }
         }
         let api_socket = self.api_socket.as_deref().map(parse_api_socket).transpose()?;
+        if let Some(name) = &self.name {
+            api::registry::validate_name(name).map_err(|e| ConfigError::Usage(format!("--name: {e}")))?;
+            if api_socket.is_none() {
+                return Err(ConfigError::Usage(
+                    "--name needs --api-socket (the name is how vfctl finds the socket)".into(),
+                ));
+            }
+        }
 
         if self.cmdline.len() >= arch::layout::CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong {
@@ -332,6 +349,8 @@ impl Cli {
                 api_socket,
                 eject_timeout: std::time::Duration::from_secs(self.eject_timeout),
                 reacquire_timeout: std::time::Duration::from_secs(self.reacquire_timeout),
+                name: self.name.clone(),
+                run_dir: self.run_dir.clone(),
             },
         ))
     }

@@ -50,6 +50,8 @@ pub enum VmmError {
     Vfio(#[from] vfio::VfioError),
     #[error(transparent)]
     Api(#[from] api::ApiServerError),
+    #[error("VM registry: {0}")]
+    Registry(#[from] api::registry::RegistryError),
 }
 
 impl GuestExit {
@@ -92,12 +94,32 @@ fn start_api(
     }
 }
 
+/// Registers a VM that has an API socket in the registry of running VMs (until dropped).
+fn register(config: &VmConfig) -> Result<Option<api::registry::Registration>, VmmError> {
+    let Some(socket) = config.api_socket.as_deref() else {
+        return Ok(None);
+    };
+    let pid = std::process::id();
+    let socket = match (socket.parent().filter(|p| !p.as_os_str().is_empty()), socket.file_name()) {
+        (Some(dir), Some(file)) => std::fs::canonicalize(dir).map(|d| d.join(file)).unwrap_or(socket.to_path_buf()),
+        _ => std::env::current_dir().map(|d| d.join(socket)).unwrap_or(socket.to_path_buf()),
+    };
+    let record = api::registry::VmRecord {
+        name: config.name.clone().unwrap_or_else(|| format!("vfvmm-{pid}")),
+        pid,
+        socket,
+        started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    Ok(Some(api::registry::register(&config.run_dir, &record)?))
+}
+
 /// Boots a Linux guest and runs it to completion.
 pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
     // Devices and the API socket are checked before anything is created: bad input leaves
     // everything as it was.
     let host_devices = vfio::validate_devices(&vfio::HostRoots::default(), &config.devices)?;
     let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
+    let _registration = register(config)?;
     let mut vm = vm::Vm::new(config)?;
     vm.attach_vfio_devices(host_devices)?;
     let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;
@@ -110,6 +132,7 @@ pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, 
 /// with hand-assembled guests).
 pub fn run_flat(code: &[u8], load_address: u64, config: &VmConfig) -> Result<GuestExit, VmmError> {
     let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
+    let _registration = register(config)?;
     let vm = vm::Vm::new(config)?;
     let entry = boot::load_flat(&vm.memory, code, load_address)?;
     let (_server, receiver) = start_api(listener, config)?;

@@ -40,7 +40,10 @@ fn ping_info_pause_resume_shutdown() {
         api_socket: Some(sock.clone()),
         eject_timeout: std::time::Duration::from_secs(30),
         reacquire_timeout: std::time::Duration::from_secs(10),
+        name: Some("api-test".into()),
+        run_dir: dir.join("run"),
     };
+    let run_dir = dir.join("run");
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&sock).is_err() {
@@ -48,6 +51,10 @@ fn ping_info_pause_resume_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // Registered for vfctl while it runs.
+    let vms = api::registry::list(&run_dir).unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!((vms[0].name.as_str(), vms[0].pid, &vms[0].socket), ("api-test", std::process::id(), &sock));
     let (status, body) = call(&sock, "GET", "vmm.ping");
     assert_eq!(status, 200);
     let ping: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -82,5 +89,6 @@ fn ping_info_pause_resume_shutdown() {
     let exit = vm.join().unwrap().expect("VM ran");
     assert_eq!(exit, GuestExit::VmmShutdown);
     assert!(!sock.exists(), "socket removed on exit");
+    assert!(api::registry::list(&run_dir).unwrap().is_empty(), "registry entry removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }

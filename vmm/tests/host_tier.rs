@@ -75,6 +75,8 @@ fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u
         api_socket: None,
         eject_timeout: std::time::Duration::from_secs(30),
         reacquire_timeout: std::time::Duration::from_secs(10),
+        name: None,
+        run_dir: std::env::temp_dir().join("vfvmm-test-run"),
     };
     let result = vmm::run_flat(code, 0x10000, &config);
     let bytes = std::fs::read(&out).unwrap_or_default();

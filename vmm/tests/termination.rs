@@ -19,6 +19,8 @@ fn sigterm_stops_the_vm_cleanly() {
         api_socket: None,
         eject_timeout: std::time::Duration::from_secs(30),
         reacquire_timeout: std::time::Duration::from_secs(10),
+        name: None,
+        run_dir: std::env::temp_dir().join("vfvmm-test-run"),
     };
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_millis(500));

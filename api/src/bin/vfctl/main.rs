@@ -1,19 +1,28 @@
-//! `vfctl`: drive a running vfvmm through its API socket.
+//! `vfctl`: drive running vfvmm VMs through their API sockets, and manage the host's SR-IOV
+//! VFs across them (`vm list`, `pf list|show|set-vfs`, `attach`, `detach`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::exit;
 
 use api::client::{request, ClientResponse};
 use clap::{Parser, Subcommand};
 
+mod host;
+
 #[derive(Parser)]
-#[command(name = "vfctl", version, about = "Control a running vfvmm over its API socket")]
+#[command(name = "vfctl", version, about = "Control vfvmm VMs and the host's SR-IOV VFs")]
 struct Cli {
-    /// The VMM's --api-socket path.
-    #[arg(long = "api-socket", value_name = "PATH")]
-    api_socket: PathBuf,
-    /// Print the raw JSON answers (for scripts).
-    #[arg(long)]
+    /// The VMM's --api-socket path (for the VM commands).
+    #[arg(long = "api-socket", value_name = "PATH", global = true, conflicts_with = "vm")]
+    api_socket: Option<PathBuf>,
+    /// The VM's --name, looked up in the run directory (instead of --api-socket).
+    #[arg(long, value_name = "NAME", global = true)]
+    vm: Option<String>,
+    /// Where running VMs register themselves (vfvmm --run-dir).
+    #[arg(long = "run-dir", value_name = "DIR", global = true, default_value = api::registry::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Print JSON (the raw API answers for VM commands; structured listings for host ones).
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -21,6 +30,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Running VMs.
+    #[command(subcommand)]
+    Vm(host::VmCommand),
+    /// SR-IOV physical functions and their VFs.
+    #[command(subcommand)]
+    Pf(host::PfCommand),
+    /// Hot-attach a free VF of PF (or VF K) to VM, binding it to vfio-pci if needed.
+    Attach {
+        vm: String,
+        pf: String,
+        #[arg(long = "vf", value_name = "K")]
+        vf: Option<u32>,
+        /// Device id in the VM (default: the VMM's).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Hot-detach device ID from VM and wait until the host has the VF back.
+    Detach {
+        vm: String,
+        id: String,
+        /// Seconds to wait for the guest to eject it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Is the VMM alive.
     Ping,
     /// VM state, configuration and devices.
@@ -47,7 +80,7 @@ enum Command {
     ShutdownVmm,
 }
 
-fn fail(message: impl std::fmt::Display) -> ! {
+pub(crate) fn fail(message: impl std::fmt::Display) -> ! {
     eprintln!("vfctl: error: {message}");
     exit(1);
 }
@@ -91,7 +124,7 @@ fn print_human(command: &Command, r: &ClientResponse) {
     }
 }
 
-fn call(socket: &std::path::Path, method: &str, endpoint: &str, body: Option<&str>) -> ClientResponse {
+fn call(socket: &Path, method: &str, endpoint: &str, body: Option<&str>) -> ClientResponse {
     let response = request(socket, method, endpoint, body).unwrap_or_else(|e| fail(e));
     if !response.ok() {
         fail(format!("{} ({})", response.error_message(), response.status));
@@ -100,7 +133,7 @@ fn call(socket: &std::path::Path, method: &str, endpoint: &str, body: Option<&st
 }
 
 /// `pause --release`: pause, then release every attached device that is still bound.
-fn pause_and_release(socket: &std::path::Path, json: bool) {
+fn pause_and_release(socket: &Path, json: bool) {
     call(socket, "PUT", "vm.pause", None);
     let info = call(socket, "GET", "vm.info", None);
     let v: serde_json::Value = serde_json::from_str(&info.body).unwrap_or(serde_json::Value::Null);
@@ -122,13 +155,11 @@ fn pause_and_release(socket: &std::path::Path, json: bool) {
     }
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if let Command::Pause { release: true } = cli.command {
-        pause_and_release(&cli.api_socket, cli.json);
-        return;
-    }
-    let (method, endpoint, body) = match &cli.command {
+/// The API request a VM command makes (`None` for host commands).
+#[allow(clippy::type_complexity)]
+fn api_call(command: &Command) -> Option<(&'static str, &'static str, Option<String>)> {
+    Some(match command {
+        Command::Vm(_) | Command::Pf(_) | Command::Attach { .. } | Command::Detach { .. } => return None,
         Command::Ping => ("GET", "vmm.ping", None),
         Command::Info => ("GET", "vm.info", None),
         Command::AddDevice { spec } => {
@@ -146,8 +177,38 @@ fn main() {
         }
         Command::Shutdown => ("PUT", "vm.shutdown", None),
         Command::ShutdownVmm => ("PUT", "vmm.shutdown", None),
+    })
+}
+
+/// The API socket of the VM the command is for: --api-socket, or --vm through the registry.
+fn socket(cli: &Cli) -> PathBuf {
+    match (&cli.api_socket, &cli.vm) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => api::registry::find(&cli.run_dir, name).map(|r| r.socket).unwrap_or_else(|e| fail(e)),
+        (None, None) => fail("this command is for one VM: give --api-socket PATH or --vm NAME"),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let ctx = host::Context { run_dir: cli.run_dir.clone(), json: cli.json, sysfs: api::sriov::Sysfs::default() };
+    match &cli.command {
+        Command::Vm(c) => return host::vm(&ctx, c),
+        Command::Pf(c) => return host::pf(&ctx, c),
+        Command::Attach { vm, pf, vf, id } => return host::attach(&ctx, vm, pf, *vf, id.as_deref()),
+        Command::Detach { vm, id, timeout } => return host::detach(&ctx, vm, id, *timeout),
+        _ => {}
+    }
+    let api_socket = socket(&cli);
+    if let Command::Pause { release: true } = cli.command {
+        pause_and_release(&api_socket, cli.json);
+        return;
+    }
+    let Some((method, endpoint, body)) = api_call(&cli.command) else {
+        return;
     };
-    let response = call(&cli.api_socket, method, endpoint, body.as_deref());
+
+    let response = call(&api_socket, method, endpoint, body.as_deref());
     if cli.json {
         println!("{}", response.body);
     } else {

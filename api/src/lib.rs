@@ -6,6 +6,7 @@
 pub mod client;
 pub mod http;
 pub mod manage;
+pub mod reconfigure;
 pub mod registry;
 pub mod request;
 pub mod server;

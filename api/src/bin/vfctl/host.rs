@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use api::manage::{self, VmView};
-use api::registry;
+use api::reconfigure::{self, Mode, Operations, Step};
+use api::registry::{self, VmRecord};
 use api::sriov::{PfInfo, Sysfs};
 use clap::Subcommand;
 
@@ -176,30 +179,168 @@ pub fn attach(ctx: &Context, vm: &str, pf: &str, vf: Option<u32>, id: Option<&st
     }
 }
 
-pub fn detach(ctx: &Context, vm: &str, id: &str, timeout: u64) {
-    let record = ok(registry::find(&ctx.run_dir, vm));
+/// Asks VM `record` to hot-detach `id` and waits (up to `timeout`) until the guest let go of
+/// it; returns the device's host path and how long it took.
+fn detach_and_wait(record: &VmRecord, id: &str, timeout: Duration) -> Result<(PathBuf, u128), String> {
     let started = Instant::now();
-    ok(manage::call(&record, "PUT", "vm.remove-device", Some(&serde_json::json!({ "id": id }).to_string())));
-    let deadline = started + Duration::from_secs(timeout);
+    let body = serde_json::json!({ "id": id }).to_string();
+    manage::call(record, "PUT", "vm.remove-device", Some(&body)).map_err(|e| e.to_string())?;
+    let deadline = started + timeout;
     loop {
-        let info = ok(manage::call(&record, "GET", "vm.info", None));
+        let info = manage::call(record, "GET", "vm.info", None).map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
-        let device = manage::parse_devices(&v).into_iter().find(|d| d.id == id);
-        match device {
-            Some(d) if d.state == "Detached" => {
-                let ms = started.elapsed().as_millis();
-                if ctx.json {
-                    print_json(&serde_json::json!({ "vm": vm, "id": id, "path": d.path, "ms": ms as u64 }));
-                } else {
-                    println!("{id} detached from {vm}; {} is free on the host ({ms} ms)", d.path.display());
-                }
-                return;
-            }
+        match manage::parse_devices(&v).into_iter().find(|d| d.id == id) {
+            Some(d) if d.state == "Detached" => return Ok((d.path, started.elapsed().as_millis())),
             Some(d) if Instant::now() >= deadline => {
-                fail(format!("{vm}/{id} is still {} after {timeout} s (the guest did not eject it)", d.state))
+                return Err(format!("still {} after {} s (the guest did not eject it)", d.state, timeout.as_secs()))
             }
-            None => fail(format!("{vm} has no device '{id}'")),
+            None => return Err(format!("no device '{id}'")),
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+pub fn detach(ctx: &Context, vm: &str, id: &str, timeout: u64) {
+    let record = ok(registry::find(&ctx.run_dir, vm));
+    let (path, ms) =
+        detach_and_wait(&record, id, Duration::from_secs(timeout)).unwrap_or_else(|e| fail(format!("{vm}/{id}: {e}")));
+    if ctx.json {
+        print_json(&serde_json::json!({ "vm": vm, "id": id, "path": path, "ms": ms as u64 }));
+    } else {
+        println!("{id} detached from {vm}; {} is free on the host ({ms} ms)", path.display());
+    }
+}
+
+/// `vfctl reconfigure`'s operations on the real VMs and host.
+struct RealOps<'a> {
+    ctx: &'a Context,
+    vms: BTreeMap<String, VmRecord>,
+    eject_timeout: Duration,
+    bind_timeout: Duration,
+}
+
+impl RealOps<'_> {
+    fn put(&self, vm: &str, endpoint: &str, body: Option<serde_json::Value>) -> Result<String, String> {
+        let record = self.vms.get(vm).ok_or_else(|| format!("no VM '{vm}'"))?;
+        let body = body.map(|b| b.to_string());
+        manage::call(record, "PUT", endpoint, body.as_deref()).map_err(|e| e.to_string())
+    }
+}
+
+fn device_path(address: &str) -> String {
+    format!("/sys/bus/pci/devices/{address}")
+}
+
+impl Operations for RealOps<'_> {
+    fn pause(&mut self, vm: &str) -> Result<(), String> {
+        self.put(vm, "vm.pause", None).map(drop)
+    }
+    fn resume(&mut self, vm: &str) -> Result<(), String> {
+        self.put(vm, "vm.resume", None).map(drop)
+    }
+    fn release(&mut self, vm: &str, id: &str) -> Result<(), String> {
+        self.put(vm, "vm.release-device", Some(serde_json::json!({ "id": id }))).map(drop)
+    }
+    fn acquire(&mut self, vm: &str, id: &str, address: &str) -> Result<(), String> {
+        let body = serde_json::json!({ "id": id, "path": device_path(address) });
+        self.put(vm, "vm.acquire-device", Some(body)).map(drop)
+    }
+    fn detach(&mut self, vm: &str, id: &str) -> Result<(), String> {
+        let record = self.vms.get(vm).ok_or_else(|| format!("no VM '{vm}'"))?;
+        detach_and_wait(record, id, self.eject_timeout).map(drop)
+    }
+    fn attach(&mut self, vm: &str, id: &str, address: &str) -> Result<(), String> {
+        let body = serde_json::json!({ "id": id, "path": device_path(address) });
+        self.put(vm, "vm.add-device", Some(body)).map(drop)
+    }
+    fn set_vfs(&mut self, pf: &str, count: u32) -> Result<Vec<String>, String> {
+        let sysfs = &self.ctx.sysfs;
+        sysfs.set_num_vfs(pf, count).map_err(|e| e.to_string())?;
+        let vfs = sysfs.vf_addresses(pf).map_err(|e| e.to_string())?;
+        for vf in &vfs {
+            sysfs.bind_vfio(vf, self.bind_timeout).map_err(|e| e.to_string())?;
+        }
+        Ok(vfs)
+    }
+    fn binding(&mut self, vm: &str, id: &str) -> Result<String, String> {
+        let record = self.vms.get(vm).ok_or_else(|| format!("no VM '{vm}'"))?;
+        let info = manage::call(record, "GET", "vm.info", None).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        manage::parse_devices(&v)
+            .into_iter()
+            .find(|d| d.id == id)
+            .map(|d| d.binding)
+            .ok_or_else(|| format!("no device '{id}'"))
+    }
+}
+
+pub struct ReconfigureArgs {
+    pub pf: String,
+    pub num_vfs: u32,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub allow_detach: bool,
+    pub eject_timeout: u64,
+    pub bind_timeout: u64,
+}
+
+pub fn reconfigure(ctx: &Context, args: &ReconfigureArgs) {
+    let views = ok(manage::vms(&ctx.run_dir));
+    let holders = manage::holders(&views);
+    let info = ok(manage::pf_with_holders(&ctx.sysfs, &args.pf, &holders));
+    let plan = reconfigure::plan(&info, &views, args.num_vfs, args.mode);
+    if !ctx.json {
+        println!("plan:");
+        for line in plan.describe() {
+            println!("  {line}");
+        }
+    }
+    let checked = plan.check(args.allow_detach);
+    if args.dry_run || checked.is_err() {
+        if ctx.json {
+            print_json(&serde_json::json!({ "plan": plan, "dry_run": args.dry_run,
+                "refused": checked.as_ref().err().map(|e| e.to_string()) }));
+        } else if checked.is_ok() {
+            println!("dry run: nothing changed");
+        }
+        return ok(checked.map(drop));
+    }
+    let vms = views.iter().map(|v| (v.record.name.clone(), v.record.clone())).collect();
+    let mut ops = RealOps {
+        ctx,
+        vms,
+        eject_timeout: Duration::from_secs(args.eject_timeout),
+        bind_timeout: Duration::from_secs(args.bind_timeout),
+    };
+    let json = ctx.json;
+    let mut on_step = |s: &Step| {
+        if !json {
+            match &s.error {
+                None => println!("  {:>7} ms  {}", s.ms, s.what),
+                Some(e) => println!("  {:>7} ms  {}  FAILED: {e}", s.ms, s.what),
+            }
+        }
+    };
+    let report = reconfigure::execute(&plan, &mut ops, &mut on_step);
+    if json {
+        print_json(&serde_json::json!({ "plan": plan, "report": report }));
+    } else {
+        println!("summary ({} ms):", report.total_ms);
+        println!("  {:<16} {:>12}  {:<6} devices / notes", "VM", "downtime ms", "ok");
+        for v in &report.vms {
+            let downtime = v.downtime_ms.map_or("-".into(), |d| d.to_string());
+            let mut what = v.devices.join(", ");
+            if !v.note.is_empty() {
+                what = if what.is_empty() { v.note.clone() } else { format!("{what}; {}", v.note) };
+            }
+            println!("  {:<16} {:>12}  {:<6} {what}", v.vm, downtime, if v.ok { "yes" } else { "NO" });
+        }
+    }
+    if !report.ok {
+        fail(if report.rolled_back {
+            "reconfigure failed and was rolled back (see the steps and the summary)"
+        } else {
+            "reconfigure finished with errors (see the summary)"
+        });
     }
 }

@@ -28,6 +28,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReconfigureMode {
+    Pause,
+    Detach,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Running VMs.
@@ -45,6 +51,28 @@ enum Command {
         /// Device id in the VM (default: the VMM's).
         #[arg(long)]
         id: Option<String>,
+    },
+    /// Change PF's VF count under the VMs that hold its VFs (plan printed first).
+    Reconfigure {
+        pf: String,
+        #[arg(long = "num-vfs", value_name = "N")]
+        num_vfs: u32,
+        /// pause: VMs paused, VFs released and re-acquired (no unplug in the guests);
+        /// detach: VFs hot-detached and re-attached.
+        #[arg(long, value_enum, default_value = "pause")]
+        mode: ReconfigureMode,
+        /// Print the plan and change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Hot-detach VFs whose index is not below N (otherwise the change is refused).
+        #[arg(long = "allow-detach")]
+        allow_detach: bool,
+        /// Seconds each guest has to eject a device.
+        #[arg(long = "eject-timeout", default_value_t = 60)]
+        eject_timeout: u64,
+        /// Seconds each new VF may take to become usable through vfio-pci.
+        #[arg(long = "bind-timeout", default_value_t = 10)]
+        bind_timeout: u64,
     },
     /// Hot-detach device ID from VM and wait until the host has the VF back.
     Detach {
@@ -159,7 +187,11 @@ fn pause_and_release(socket: &Path, json: bool) {
 #[allow(clippy::type_complexity)]
 fn api_call(command: &Command) -> Option<(&'static str, &'static str, Option<String>)> {
     Some(match command {
-        Command::Vm(_) | Command::Pf(_) | Command::Attach { .. } | Command::Detach { .. } => return None,
+        Command::Vm(_)
+        | Command::Pf(_)
+        | Command::Attach { .. }
+        | Command::Detach { .. }
+        | Command::Reconfigure { .. } => return None,
         Command::Ping => ("GET", "vmm.ping", None),
         Command::Info => ("GET", "vm.info", None),
         Command::AddDevice { spec } => {
@@ -197,6 +229,21 @@ fn main() {
         Command::Pf(c) => return host::pf(&ctx, c),
         Command::Attach { vm, pf, vf, id } => return host::attach(&ctx, vm, pf, *vf, id.as_deref()),
         Command::Detach { vm, id, timeout } => return host::detach(&ctx, vm, id, *timeout),
+        Command::Reconfigure { pf, num_vfs, mode, dry_run, allow_detach, eject_timeout, bind_timeout } => {
+            let args = host::ReconfigureArgs {
+                pf: pf.clone(),
+                num_vfs: *num_vfs,
+                mode: match mode {
+                    ReconfigureMode::Pause => api::reconfigure::Mode::Pause,
+                    ReconfigureMode::Detach => api::reconfigure::Mode::Detach,
+                },
+                dry_run: *dry_run,
+                allow_detach: *allow_detach,
+                eject_timeout: *eject_timeout,
+                bind_timeout: *bind_timeout,
+            };
+            return host::reconfigure(&ctx, &args);
+        }
         _ => {}
     }
     let api_socket = socket(&cli);

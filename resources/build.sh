@@ -57,7 +57,8 @@ ensure_backports() {
 pkg_version() { { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true; } | sed -n 's/^install ok installed //p'; }
 ensure_packages() {
     local p missing=() qv
-    for p in busybox-static cpio kmod xz-utils zstd; do
+    # iputils-ping: the testbed scripts ping L2 guests from L1, which runs this machine's /usr.
+    for p in busybox-static cpio kmod xz-utils zstd iputils-ping; do
         [[ -n $(pkg_version "$p") ]] || missing+=("$p")
     done
     qv=$(pkg_version qemu-system-x86)

@@ -6,7 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 results=$(mktemp -d /tmp/vfvmm-bench.XXXXXX)
 echo "bench: results and logs in $results"
-# BENCH_ONLY=boot|vf|reconf|hotplug runs one section (scenarios/bench-SECTION-only.sh).
+# BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section (scenarios/bench-SECTION-only.sh).
 scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
 [[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
 bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 >"$results/run-l1.out"
@@ -23,7 +23,8 @@ labels = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", 
 optional = {"BOOTELF"}
 section = sys.argv[2] if len(sys.argv) > 2 else "all"
 if section != "all":  # BENCH_ONLY: only that section's figures are required
-    only = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set()}[section]
+    only = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
+            "multi": set()}[section]
     optional |= set(labels) - only
 missing = False
 # Reconfiguring one vfvmm VM's PF (VF count through 0): by pause vs by detach.
@@ -39,6 +40,21 @@ if section in ("all", "reconf"):
         print(f"{'reconfigure':30s} ratio pause/detach = {statistics.median(p) / statistics.median(d):.2f}")
     else:
         missing = True
+# vfctl reconfigure of two VMs (2 -> 4 VFs): pause vs detach mode.
+if section in ("all", "multi"):
+    multi = {k: runs.get((k, "vfvmm")) for k in ("MULTI_PAUSE", "MULTI_DETACH", "MULTI_PAUSE_DOWN", "MULTI_DETACH_DOWN")}
+    for kind, label in (("MULTI_PAUSE", "2 VMs, reconfigure --mode pause (ms)"),
+                        ("MULTI_DETACH", "2 VMs, reconfigure --mode detach (ms)"),
+                        ("MULTI_PAUSE_DOWN", "  pause: a VM's downtime (ms)"),
+                        ("MULTI_DETACH_DOWN", "  detach: a VM's downtime (ms)")):
+        vals = multi[kind]
+        print(f"{label:38s} runs={vals} median={statistics.median(vals):.0f}" if vals else f"{label:38s} no runs")
+    for total, label in (("MULTI_PAUSE", "total"), ("MULTI_PAUSE_DOWN", "downtime")):
+        p, d = multi[total], multi[total.replace("PAUSE", "DETACH")]
+        if p and d:
+            print(f"{'2 VMs, ' + label:38s} ratio pause/detach = {statistics.median(p) / statistics.median(d):.2f}")
+        else:
+            missing = True
 for kind, label in labels.items():
     if section != "all" and kind not in only:
         continue  # a section of its own was asked for: the others did not run

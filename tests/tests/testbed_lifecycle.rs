@@ -53,12 +53,16 @@ fn pause_quiesces_the_vf_as_seen_from_the_host() {
     assert_eq!(fact(run, "paused_info"), "Paused vf0=Quiesced");
     let paused = u16::from_str_radix(&fact(run, "paused_command"), 16).expect("command register");
     assert_eq!(paused & 0x4, 0, "bus mastering is on while paused: {paused:#x}");
+    // L1 really sent traffic to the paused guest, and nothing answered.
+    assert_eq!(fact(run, "paused_l1_ping"), "5 packets transmitted, 0 received");
     let irqs = fact(run, "paused_irqs");
     let (before, after) = irqs.split_once(' ').expect("two counts");
     assert_eq!(before, after, "the VF's vfio MSI-X interrupts moved while paused");
     let resumed = u16::from_str_radix(&fact(run, "resumed_command"), 16).expect("command register");
     assert_eq!(resumed & 0x6, 0x6, "memory decoding and bus mastering back after resume: {resumed:#x}");
     assert_pings_again(&fact(run, "resumed_ping"));
+    let l1_ping = fact(run, "resumed_l1_ping");
+    assert!(l1_ping.starts_with("3 packets transmitted, ") && !l1_ping.ends_with(" 0 received"), "{l1_ping}");
     let moved = fact(run, "resumed_irqs");
     let (a, b) = moved.split_once(' ').expect("two counts");
     assert!(

@@ -11,6 +11,7 @@
 #   DETACH  hot-detach: API call (vfctl remove-device / QMP device_del) -> the VF is free in L1
 #           (its /dev/vfio group can be opened again)
 #   RECONF_PAUSE / RECONF_DETACH: reconfiguring one vfvmm VM's PF by pause vs by detach (below)
+#   MULTI_*  vfctl reconfigure of two VMs, pause vs detach mode (below)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
 set -uo pipefail
 # shellcheck source=../lib.sh
@@ -31,7 +32,7 @@ qemu_cmd() {
         -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz"
 }
 
-# BENCH_ONLY=boot|vf|reconf|hotplug runs one section.
+# BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
 section boot && for ((round = 1; round <= ROUNDS; round++)); do
@@ -119,6 +120,78 @@ if section reconf; then
     done
     "$VFCTL" --api-socket "$SOCKR" shutdown-vmm > /dev/null 2>&1
     vmm_wait rc-vfvmm
+fi
+# Reconfigure two VMs holding VF0 and VF1 with vfctl (2 -> 0 -> 4 VFs), pause vs detach mode:
+#   MULTI_PAUSE / MULTI_DETACH   vfctl reconfigure's total time
+#   MULTI_PAUSE_DOWN / MULTI_DETACH_DOWN   each VM's downtime: the longest gap between replies
+#                to a ping L1 sends it every 0.1 s, until it answers again (detach mode: the
+#                re-attached VF's netdev is new, so the guest configures its address again:
+#                the script does that as soon as the guest's igbvf is bound)
+if section multi; then
+    PF=0000:01:00.0
+    VF1=0000:01:10.2
+    vf_setup "$VF0" "$VF1"
+    for vm in ma mb; do
+        vf=$VF0 ip=10
+        [[ $vm == mb ]] && vf=$VF1 ip=11
+        # shellcheck disable=SC2046
+        vmm_start "$vm" 1800 -- $(vfvmm_cmd) --name "$vm" --api-socket "path=/tmp/bench-$vm.sock" \
+            --device "path=/sys/bus/pci/devices/$vf,id=vf0" --cmdline "$APPEND l2.vf=1 l2.ip=192.0.2.$ip l2.action=shell"
+        wait_for_marker "$vm" "L2-ACTION shell" 600
+    done
+    PINGERS=()
+    pingers() {  # pingers start|stop TAG
+        if [[ $1 == start ]]; then
+            for ip in 10 11; do
+                ping -D -n -i 0.1 -W 1 "192.0.2.$ip" > "$RESULTS/ping-$2-$ip.txt" 2>&1 &
+                PINGERS+=($!)
+            done
+        elif ((${#PINGERS[@]})); then
+            # Both guests answer again (or 60 s passed), then a last second of replies.
+            for ip in 10 11; do
+                for ((i = 0; i < 600; i++)); do ping -c 1 -W 1 "192.0.2.$ip" > /dev/null 2>&1 && break; sleep 0.1; done
+            done
+            sleep 1
+            kill "${PINGERS[@]}" 2>/dev/null
+            wait "${PINGERS[@]}" 2>/dev/null
+            PINGERS=()
+        fi
+    }
+    longest_gap() {  # ms between consecutive replies, the longest
+        awk -F'[][]' '/bytes from/ { t = $2 * 1000; if (last && t - last > gap) gap = t - last; last = t } END { printf "%d\n", gap }' "$1"
+    }
+    guest_readdress() {  # after detach mode: each guest configures its new netdev
+        local vm bdf ip
+        for vm in ma mb; do
+            ip=10
+            [[ $vm == mb ]] && ip=11
+            bdf=$("$VFCTL" --vm "$vm" --json info | python3 -c 'import json,sys; print(next(d["bdf"] for d in json.load(sys.stdin)["devices"] if d["state"] != "Detached"))')
+            guest_cmd "$vm" 120 "i=0; while [ ! -e /sys/bus/pci/drivers/igbvf/$bdf/net ] && [ \$i -lt 1200 ]; do sleep 0.05; i=\$((i+1)); done; /init vf-ping $bdf 192.0.2.$ip 1" > /dev/null
+        done
+    }
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for mode in pause detach; do
+            pingers start "$mode-$round"
+            t0=$(ms_now)
+            if "$VFCTL" reconfigure "$PF" --num-vfs 4 --mode "$mode" > "$RESULTS/multi-$mode-$round.txt" 2>&1; then
+                t1=$(ms_now)
+                [[ $mode == detach ]] && guest_readdress
+                pingers stop
+                KIND=MULTI_${mode^^}
+                echo "$KIND vfvmm $round $((t1 - t0))" | tee -a "$out"
+                for ip in 10 11; do
+                    echo "${KIND}_DOWN vfvmm $round $(longest_gap "$RESULTS/ping-$mode-$round-$ip.txt")" | tee -a "$out"
+                done
+            else
+                pingers stop
+                echo "multi: reconfigure --mode $mode failed (round $round), see multi-$mode-$round.txt" >&2
+            fi
+            # Back to 2 VFs for the next measurement (not measured).
+            "$VFCTL" reconfigure "$PF" --num-vfs 2 --mode pause > "$RESULTS/multi-back-$mode-$round.txt" 2>&1
+            pingers stop
+        done
+    done
+    for vm in ma mb; do "$VFCTL" --vm "$vm" shutdown-vmm > /dev/null 2>&1; vmm_wait "$vm"; done
 fi
 section hotplug || exit 0
 

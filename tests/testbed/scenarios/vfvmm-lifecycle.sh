@@ -69,14 +69,15 @@ fact "state_before $(guest_cmd lc-a 30 "/init vf-state $GBDF")"
 fact "paused_info $(info_binding $SOCK)"
 fact "paused_command $(command_reg $VF0)"
 i0=$(vfio_irqs $VF0)
-ping -c 5 -i 0.2 -W 1 192.0.2.10 > /dev/null 2>&1
+# L1 sends the paused guest traffic: nothing answers, and no interrupt arrives for the VF.
+fact "paused_l1_ping $(ping -c 5 -i 0.2 -W 1 192.0.2.10 2>&1 | grep -o '[0-9]* packets transmitted, [0-9]* received')"
 sleep 1
 i1=$(vfio_irqs $VF0)
 fact "paused_irqs $i0 $i1"
 "$VFCTL" --api-socket $SOCK resume
 fact "resumed_command $(command_reg $VF0)"
 fact "resumed_ping $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
-ping -c 3 -i 0.2 -W 1 192.0.2.10 > /dev/null 2>&1
+fact "resumed_l1_ping $(ping -c 3 -i 0.2 -W 1 192.0.2.10 2>&1 | grep -o '[0-9]* packets transmitted, [0-9]* received')"
 fact "resumed_irqs $i1 $(vfio_irqs $VF0)"
 
 # --- 5 release / re-create / resume cycles ---

@@ -3,7 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::configuration::extract_bytes;
+use devices::warn_ratelimited;
+
+use crate::configuration::{extract_bytes, is_register_access};
+
+/// Guest config accesses that straddle registers (a guest can make these at will).
+static MISALIGNED_LOG: Mutex<devices::ratelimit::RateLimiter> =
+    Mutex::new(devices::ratelimit::RateLimiter::new(5, std::time::Duration::from_secs(1)));
 
 /// Number of device slots on a bus.
 pub const NUM_SLOTS: u8 = 32;
@@ -79,8 +85,17 @@ impl PciBus {
     }
 
     /// Reads `data.len()` bytes at byte `offset` of the addressed register. Absent
-    /// functions read as all ones.
+    /// functions, and accesses that are not 1, 2 or 4 bytes within one dword, read as all ones.
     pub fn config_read(&self, addr: ConfigAddress, offset: u64, data: &mut [u8]) {
+        if !is_register_access(offset, data.len()) {
+            warn_ratelimited!(
+                &MISALIGNED_LOG,
+                "config read of {} bytes at byte {offset} of a dword: all ones",
+                data.len()
+            );
+            data.fill(0xff);
+            return;
+        }
         let value = match self.device(addr) {
             Some(dev) => dev.lock().map(|mut d| d.config_read(addr.register)).unwrap_or(0xffff_ffff),
             None => 0xffff_ffff,
@@ -88,8 +103,18 @@ impl PciBus {
         extract_bytes(value, offset, data);
     }
 
-    /// Writes to the addressed register; writes to absent functions are dropped.
+    /// Writes to the addressed register; writes to absent functions are dropped, and so are
+    /// writes that are not 1, 2 or 4 bytes within one dword (a device only ever sees one
+    /// register's bytes: a write straddling two would reach the second unfiltered).
     pub fn config_write(&self, addr: ConfigAddress, offset: u64, data: &[u8]) {
+        if !is_register_access(offset, data.len()) {
+            warn_ratelimited!(
+                &MISALIGNED_LOG,
+                "config write of {} bytes at byte {offset} of a dword dropped",
+                data.len()
+            );
+            return;
+        }
         if let Some(dev) = self.device(addr) {
             if let Ok(mut d) = dev.lock() {
                 d.config_write(addr.register, offset, data);

@@ -182,4 +182,49 @@ mod tests {
         m.mmio_read(base, 0, &mut q);
         assert_eq!(q, [0xff; 8]);
     }
+
+    /// Records the writes a device receives.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(usize, u64, Vec<u8>)>,
+    }
+
+    impl crate::bus::PciDevice for Recorder {
+        fn config_read(&mut self, _reg: usize) -> u32 {
+            0x1234_5678
+        }
+        fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) {
+            self.writes.push((reg, offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn accesses_straddling_two_registers_never_reach_a_device() {
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let mut b = PciBus::new();
+        b.add_device_at(1, recorder.clone()).unwrap();
+        let bus = Arc::new(RwLock::new(b));
+        let slot1 = 1u64 << 15;
+        // ECAM: 2 bytes at byte 3 of register 0 (would reach the command register), 8 bytes
+        // at register 4 (BAR0 and BAR1), 3 bytes.
+        let mut m = PciConfigMmio::new(bus.clone());
+        let base = MmioAddress(0xe000_0000);
+        m.mmio_write(base, slot1 + 3, &[0x06, 0x00]);
+        m.mmio_write(base, slot1 + 0x10, &[0xff; 8]);
+        m.mmio_write(base, slot1 + 4, &[1, 2, 3]);
+        // 0xCF8/0xCFC: a 2-byte write at 0xCFF.
+        let mut io = PciConfigIo::new(bus);
+        let port = PioAddress(PCI_CONFIG_IO_PORT);
+        io.pio_write(port, 0, &0x8000_0800u32.to_le_bytes());
+        io.pio_write(port, 7, &[0x06, 0x00]);
+        assert!(recorder.lock().unwrap().writes.is_empty(), "{:?}", recorder.lock().unwrap().writes);
+        // Reads that straddle read all ones, without asking the device.
+        let mut w = [0u8; 2];
+        io.pio_read(port, 7, &mut w);
+        assert_eq!(w, [0xff; 2]);
+        // A proper access still goes through, once.
+        io.pio_write(port, 6, &[0x06, 0x00]);
+        m.mmio_write(base, slot1 + 4, &[0x06]);
+        assert_eq!(recorder.lock().unwrap().writes, [(0, 2, vec![0x06, 0x00]), (1, 0, vec![0x06])]);
+    }
 }

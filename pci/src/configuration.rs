@@ -85,6 +85,12 @@ impl PciConfiguration {
 
 /// Decodes a 1/2/4-byte access at `offset` in a dword into `(value, bit shift, width mask)`.
 /// `None` for other sizes and accesses that cross the dword.
+/// Whether `len` bytes at byte `offset` of a dword are one access the hardware could make to
+/// a single register: 1, 2 or 4 bytes, not crossing into the next dword.
+pub fn is_register_access(offset: u64, len: usize) -> bool {
+    matches!(len, 1 | 2 | 4) && offset + len as u64 <= 4
+}
+
 pub fn merge_bytes(offset: u64, data: &[u8]) -> Option<(u32, u32, u32)> {
     let (value, width_mask) = match *data {
         [a] => (u32::from(a), 0xff),

@@ -146,6 +146,13 @@ if section multi; then
                 ping -D -n -i 0.1 -W 1 "192.0.2.$ip" > "$RESULTS/ping-$2-$ip.txt" 2>&1 &
                 PINGERS+=($!)
             done
+            # Both answer steadily before anything changes (ARP resolved), or 30 s passed.
+            for ip in 10 11; do
+                for ((i = 0; i < 300; i++)); do
+                    (($(grep -c "bytes from" "$RESULTS/ping-$2-$ip.txt") >= 5)) && break
+                    sleep 0.1
+                done
+            done
         elif ((${#PINGERS[@]})); then
             # Both guests answer again (or 60 s passed), then a last second of replies.
             for ip in 10 11; do

@@ -70,6 +70,7 @@ for vm in a b; do fact "before_$vm $(guest_cmd $vm 30 "/init vf-state 0000:00:01
 fact "vm_list $("$VFCTL" vm list | one_line)"
 fact "pf_show $("$VFCTL" --json pf show $PF | python3 -c 'import json,sys; p=json.load(sys.stdin); print(p["num_vfs"], p["total_vfs"], p["driver"], *[str(v["index"]) + "=" + str(v["held_by"]) for v in p["vfs"]])')"
 fact "pf_list $("$VFCTL" pf list | head -n1 | one_line)"
+"$VFCTL" pf list 2>&1 | sed 's/^/[pf-list] /' >&2
 
 # --- set-vfs is refused while VMs hold VFs; a dry run changes nothing ---
 vfctl_rc setvfs_refused pf set-vfs $PF 4
@@ -90,6 +91,8 @@ vm_start c 192.0.2.12
 vfctl_rc attach attach c $PF --id vf0
 fact "attach_ping_c $(ping_via c vf0 192.0.2.12)"
 fact "after_attach $(states)"
+"$VFCTL" pf list 2>&1 | sed 's/^/[pf-list-3] /' >&2
+"$VFCTL" vm list 2>&1 | sed 's/^/[vm-list-3] /' >&2
 
 # --- detach mode: 4 -> 0 -> 4, every device hot-detached and re-attached ---
 vfctl_rc detach reconfigure $PF --num-vfs 4 --mode detach --eject-timeout 60

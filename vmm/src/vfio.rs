@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{
@@ -210,16 +209,48 @@ impl DmaGate {
     }
 }
 
+/// Numbers handed out upward, given back and reused (memory slot ids, GSIs).
+#[derive(Debug)]
+pub struct IdAllocator {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl IdAllocator {
+    pub fn new(first: u32) -> Self {
+        Self { next: first, free: Vec::new() }
+    }
+
+    pub fn allocate(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop() {
+            return Some(id);
+        }
+        let id = self.next;
+        self.next = self.next.checked_add(1)?;
+        Some(id)
+    }
+
+    pub fn release(&mut self, id: u32) {
+        if id < self.next && !self.free.contains(&id) {
+            self.free.push(id);
+        }
+    }
+
+    /// How many ids were ever handed out (the high-water mark).
+    pub fn high_water(&self) -> u32 {
+        self.next
+    }
+}
+
 /// The KVM side of passthrough.
 pub struct KvmPlatform {
     dma: DmaGate,
     vm: Arc<VmFd>,
-    next_slot: AtomicU32,
-    free_slots: Mutex<Vec<u32>>,
+    slot_ids: Mutex<IdAllocator>,
     /// slot → guest address (for removal).
     slots: Mutex<BTreeMap<u32, u64>>,
     routes: Mutex<BTreeMap<u32, MsiMessage>>,
-    next_gsi: AtomicU32,
+    gsis: Mutex<IdAllocator>,
     router: Arc<BarRouter>,
 }
 
@@ -228,11 +259,10 @@ impl KvmPlatform {
         Ok(Self {
             dma: DmaGate::new()?,
             vm,
-            next_slot: AtomicU32::new(first_free_slot),
-            free_slots: Mutex::new(Vec::new()),
+            slot_ids: Mutex::new(IdAllocator::new(first_free_slot)),
             slots: Mutex::new(BTreeMap::new()),
             routes: Mutex::new(BTreeMap::new()),
-            next_gsi: AtomicU32::new(IOAPIC_PINS),
+            gsis: Mutex::new(IdAllocator::new(IOAPIC_PINS)),
             router,
         })
     }
@@ -275,11 +305,11 @@ impl KvmPlatform {
 impl VmPlatform for KvmPlatform {
     unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<u32, String> {
         let slot = self
-            .free_slots
+            .slot_ids
             .lock()
             .map_err(|_| "slot lock poisoned".to_string())?
-            .pop()
-            .unwrap_or_else(|| self.next_slot.fetch_add(1, Ordering::Relaxed));
+            .allocate()
+            .ok_or("no memory slot id left")?;
         let region = kvm_userspace_memory_region {
             slot,
             guest_phys_addr: guest_addr,
@@ -288,7 +318,13 @@ impl VmPlatform for KvmPlatform {
             flags: 0,
         };
         // SAFETY: the caller guarantees `host_addr..+size` stays mapped until unmap_memory.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| format!("memory slot {slot}: {e}"))?;
+        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
+            // Refused (e.g. a guest moved a BAR over RAM): the id is free again.
+            if let Ok(mut ids) = self.slot_ids.lock() {
+                ids.release(slot);
+            }
+            return Err(format!("memory slot {slot}: {e}"));
+        }
         if let Ok(mut s) = self.slots.lock() {
             s.insert(slot, guest_addr);
         }
@@ -311,13 +347,38 @@ impl VmPlatform for KvmPlatform {
             log::warn!("cannot remove memory slot {slot}: {e}");
             return;
         }
-        if let Ok(mut f) = self.free_slots.lock() {
-            f.push(slot);
+        if let Ok(mut ids) = self.slot_ids.lock() {
+            ids.release(slot);
         }
     }
 
     fn allocate_gsi(&self) -> Result<u32, String> {
-        Ok(self.next_gsi.fetch_add(1, Ordering::Relaxed))
+        let mut gsis = self.gsis.lock().map_err(|_| "GSI lock poisoned".to_string())?;
+        gsis.allocate().ok_or_else(|| "no GSI left".to_string())
+    }
+
+    fn release_gsis(&self, released: &[u32]) {
+        let Ok(mut routes) = self.routes.lock() else {
+            return;
+        };
+        // Every route goes (not `any`, which would stop at the first).
+        let removed = released.iter().filter(|gsi| routes.remove(gsi).is_some()).count();
+        if let Ok(mut gsis) = self.gsis.lock() {
+            for &gsi in released {
+                gsis.release(gsi);
+            }
+        }
+        if removed > 0 {
+            let entries = Self::routing_table(&routes);
+            match KvmIrqRouting::from_entries(&entries) {
+                Ok(table) => {
+                    if let Err(e) = self.vm.set_gsi_routing(&table) {
+                        log::warn!("KVM_SET_GSI_ROUTING after a device left: {e}");
+                    }
+                }
+                Err(e) => log::warn!("routing table: {e:?}"),
+            }
+        }
     }
 
     fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), String> {
@@ -681,5 +742,47 @@ mod tests {
         assert_eq!((lo, hi, data), (0xfee0_1000, 1, 0x41));
         // COM1's IRQ 4 still reaches both the PIC and the IOAPIC.
         assert_eq!(t.iter().filter(|e| e.gsi == 4).count(), 2);
+    }
+
+    #[test]
+    fn ids_are_reused_after_release() {
+        let mut ids = IdAllocator::new(24);
+        assert_eq!((ids.allocate(), ids.allocate(), ids.allocate()), (Some(24), Some(25), Some(26)));
+        ids.release(25);
+        ids.release(25); // twice: still once
+        ids.release(99); // never handed out: ignored
+        assert_eq!((ids.allocate(), ids.allocate()), (Some(25), Some(27)));
+        assert_eq!(ids.high_water(), 28);
+        let mut last = IdAllocator::new(u32::MAX);
+        assert_eq!((last.allocate(), last.allocate()), (None, None), "no wrap-around");
+    }
+
+    /// On this machine's /dev/kvm: GSIs and memory slot ids come back (a VM that attaches and
+    /// detaches devices for ever, or whose guest keeps moving a BAR over RAM, never runs out).
+    #[test]
+    fn kvm_platform_gives_back_gsis_routes_and_refused_slot_ids() {
+        use pci::vfio::VmPlatform;
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        let vm = kvm.create_vm().expect("a VM");
+        vm.create_irq_chip().expect("irqchip");
+        let platform = KvmPlatform::new(Arc::new(vm), 4, Arc::new(BarRouter::default())).unwrap();
+        let message = MsiMessage { address: 0xfee0_0000, data: 0x41 };
+        for _ in 0..2000 {
+            let gsis: Vec<u32> = (0..3).map(|_| platform.allocate_gsi().unwrap()).collect();
+            for &gsi in &gsis {
+                platform.set_msi_route(gsi, message).unwrap();
+            }
+            platform.release_gsis(&gsis);
+        }
+        assert_eq!(platform.gsis.lock().unwrap().high_water(), IOAPIC_PINS + 3);
+        assert!(platform.routes.lock().unwrap().is_empty());
+        // A slot KVM refuses (not page aligned) gives its id back.
+        let mut page = vec![0u8; 8192];
+        for _ in 0..100 {
+            // SAFETY: `page` outlives the attempt, which fails anyway.
+            let refused = unsafe { platform.map_memory(0x1000_0000, 0x10, page.as_mut_ptr()) };
+            assert!(refused.is_err());
+        }
+        assert_eq!(platform.slot_ids.lock().unwrap().high_water(), 5, "one id, reused");
     }
 }

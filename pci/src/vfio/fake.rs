@@ -171,6 +171,8 @@ impl VfioBackend for FakeVfio {
 pub struct FakePlatform {
     next_slot: Mutex<u32>,
     next_gsi: Mutex<u32>,
+    /// GSIs given back, reused first (as the real platform does).
+    pub free_gsis: Mutex<Vec<u32>>,
     /// slot → (guest address, size)
     pub slots: Mutex<BTreeMap<u32, (u64, u64)>>,
     pub routes: Mutex<BTreeMap<u32, MsiMessage>>,
@@ -209,9 +211,20 @@ impl VmPlatform for FakePlatform {
     }
 
     fn allocate_gsi(&self) -> Result<u32, String> {
+        if let Some(gsi) = self.free_gsis.lock().unwrap().pop() {
+            return Ok(gsi);
+        }
         let mut n = self.next_gsi.lock().unwrap();
         *n += 1;
         Ok(*n - 1)
+    }
+
+    fn release_gsis(&self, gsis: &[u32]) {
+        let mut routes = self.routes.lock().unwrap();
+        for gsi in gsis {
+            routes.remove(gsi);
+        }
+        self.free_gsis.lock().unwrap().extend(gsis);
     }
 
     fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), String> {

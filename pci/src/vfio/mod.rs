@@ -142,6 +142,8 @@ pub trait VmPlatform: Send + Sync {
     unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<u32, String>;
     fn unmap_memory(&self, handle: u32);
     fn allocate_gsi(&self) -> Result<u32, String>;
+    /// Gives GSIs back (their routes go too): the device that had them is gone.
+    fn release_gsis(&self, gsis: &[u32]);
     fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), String>;
     fn attach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String>;
     fn detach_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), String>;

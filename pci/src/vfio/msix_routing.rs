@@ -44,15 +44,24 @@ pub struct VectorRoutes {
 
 impl VectorRoutes {
     pub fn new(vectors: u16, platform: Arc<dyn VmPlatform>) -> Result<Self, MsixRoutingError> {
-        let mut gsis = Vec::with_capacity(usize::from(vectors));
-        let mut eventfds = Vec::with_capacity(usize::from(vectors));
-        for vector in 0..vectors {
-            gsis.push(platform.allocate_gsi().map_err(|reason| MsixRoutingError::Gsi { vector, reason })?);
-            eventfds
-                .push(EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MsixRoutingError::EventFd { vector, source })?);
-        }
         let n = usize::from(vectors);
-        Ok(Self { gsis, unmasked: vec![false; n], attached: vec![false; n], quiesced: false, eventfds, platform })
+        // Filled one vector at a time: on failure, dropping it gives back what was taken.
+        let mut routes = Self {
+            gsis: Vec::with_capacity(n),
+            eventfds: Vec::with_capacity(n),
+            unmasked: vec![false; n],
+            attached: vec![false; n],
+            quiesced: false,
+            platform,
+        };
+        for vector in 0..vectors {
+            let eventfd =
+                EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MsixRoutingError::EventFd { vector, source })?;
+            let gsi = routes.platform.allocate_gsi().map_err(|reason| MsixRoutingError::Gsi { vector, reason })?;
+            routes.gsis.push(gsi);
+            routes.eventfds.push(eventfd);
+        }
+        Ok(routes)
     }
 
     pub fn gsis(&self) -> &[u32] {
@@ -160,6 +169,17 @@ impl VectorRoutes {
             }
             Err(_) => false,
         }
+    }
+}
+
+impl Drop for VectorRoutes {
+    /// The device is gone: its irqfds come off and its GSIs and routes go back to the VM (a
+    /// VM that attaches and detaches devices for ever must not run out of either).
+    fn drop(&mut self) {
+        for v in 0..self.gsis.len() {
+            self.detach(v);
+        }
+        self.platform.release_gsis(&self.gsis);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The API server: one thread (`api`) accepting on a unix socket (mode 0600), one request per
+//! The API server: one thread (`api`) accepting on a unix socket (mode 0600 from the start), one request per
 //! connection. Each valid request goes to the VMM thread through a channel plus an eventfd
 //! wake-up, and the thread waits for the VMM's reply; nothing is handled on the API thread.
 
@@ -28,6 +28,8 @@ pub enum ApiServerError {
     NotASocket(String),
     #[error("--api-socket {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("--api-socket: directory {0} is writable by others (and not sticky); use a private directory")]
+    UnsafeDirectory(String),
 }
 
 /// A request for the VMM thread and where to send the answer.
@@ -55,10 +57,21 @@ impl Drop for ApiServer {
 }
 
 /// Binds `path`: a stale socket (nobody listening) is replaced, a live one or a non-socket
-/// file is an error. The socket is made accessible to its owner only.
+/// file is an error, and so is a directory that others may write into without the sticky bit
+/// (they could swap the socket). The socket is never reachable by others, whatever the umask:
+/// it is bound and made 0600 in a fresh private (0700) directory next to `path`, then renamed
+/// into place.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
     let shown = path.display().to_string();
     let io = |source| ApiServerError::Io { path: shown.clone(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir_mode = std::fs::metadata(&dir).map_err(io)?.permissions().mode();
+    if dir_mode & 0o002 != 0 && dir_mode & 0o1000 == 0 {
+        return Err(ApiServerError::UnsafeDirectory(dir.display().to_string()));
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ApiServerError::NotASocket(shown));
@@ -68,9 +81,40 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
         }
         std::fs::remove_file(path).map_err(io)?;
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let private = PrivateDir::create(&dir).map_err(io)?;
+    let staged = private.0.join("s");
+    let listener = UnixListener::bind(&staged).map_err(io)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::fs::rename(&staged, path).map_err(io)?;
     Ok(listener)
+}
+
+/// A directory only we can enter (mkdtemp: mode 0700), removed when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create(parent: &Path) -> std::io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let template = parent.join(".vfvmm.XXXXXX");
+        let mut bytes = std::ffi::CString::new(template.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("NUL in the socket path"))?
+            .into_bytes_with_nul();
+        // SAFETY: `bytes` is a NUL-terminated, writable template ending in XXXXXX, as mkdtemp
+        // requires; it replaces the Xs in place and returns NULL on failure.
+        let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+        if made.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        bytes.pop(); // the NUL
+        Ok(Self(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0.join("s"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// Starts the `api` thread on `listener` (bound at `path`).

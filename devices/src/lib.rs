@@ -2,6 +2,7 @@
 //! power/reset controls (ACPI sleep/reset registers and the i8042 reset line).
 
 pub mod cmos;
+pub mod console;
 pub mod hotplug;
 pub mod power;
 pub mod ratelimit;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use arch::acpi_hotplug::{GED_GSI, HOTPLUG_PORT, HOTPLUG_PORT_LEN};
 use arch::layout::*;
 use devices::cmos::{Cmos, CMOS_PORT, CMOS_PORT_COUNT};
+use devices::console::{self, ConsoleDrain};
 use devices::hotplug::HotplugRegisters;
 use devices::power::{
     AcpiPmDevice, I8042Reset, PowerEvents, ACPI_PM_PORT, ACPI_PM_PORT_COUNT, I8042_COMMAND_PORT, I8042_DATA_PORT,
@@ -29,6 +30,8 @@ pub enum DeviceManagerError {
     EventFd(std::io::Error),
     #[error("cannot open serial output file '{path}': {source}")]
     SerialFile { path: String, source: std::io::Error },
+    #[error("cannot start the console thread: {0}")]
+    Console(std::io::Error),
     #[error("cannot wire IRQ {irq} to KVM: {source}")]
     Irqfd { irq: u32, source: kvm_ioctls::Error },
     #[error("cannot register {what} on the I/O bus: {source:?}")]
@@ -53,6 +56,8 @@ pub struct Devices {
     pub eject_evt: EventFd,
     /// Tells the event loop the set of host-request eventfds changed.
     pub hotplug_resync: EventFd,
+    /// Buffered console output, drained (for a bounded time) at exit.
+    pub console: Option<ConsoleDrain>,
 }
 
 fn eventfd() -> Result<EventFd, DeviceManagerError> {
@@ -63,15 +68,19 @@ fn clone_fd(fd: &EventFd) -> Result<EventFd, DeviceManagerError> {
     fd.try_clone().map_err(DeviceManagerError::EventFd)
 }
 
-fn serial_output(cfg: &SerialConfig) -> Result<SerialOut, DeviceManagerError> {
-    Ok(match cfg {
+/// The serial port's output: stdout or a file behind a console thread (a vCPU never blocks
+/// on it), or nothing.
+fn serial_output(cfg: &SerialConfig) -> Result<(SerialOut, Option<ConsoleDrain>), DeviceManagerError> {
+    let out: Box<dyn std::io::Write + Send> = match cfg {
         SerialConfig::Tty => Box::new(std::io::stdout()),
-        SerialConfig::Off => Box::new(std::io::sink()),
+        SerialConfig::Off => return Ok((Box::new(std::io::sink()), None)),
         SerialConfig::File(path) => Box::new(
             File::create(path)
                 .map_err(|source| DeviceManagerError::SerialFile { path: path.display().to_string(), source })?,
         ),
-    })
+    };
+    let (writer, drain) = console::spawn(out, console::CONSOLE_BUFFER).map_err(DeviceManagerError::Console)?;
+    Ok((Box::new(writer), Some(drain)))
 }
 
 fn register_pio(
@@ -104,11 +113,11 @@ pub fn create_devices(
 ) -> Result<Devices, DeviceManagerError> {
     let mut io = IoManager::new();
 
+    let (serial_out, console) = serial_output(serial_cfg)?;
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(|source| DeviceManagerError::Irqfd { irq: COM1_IRQ, source })?;
     let serial_rx_space = eventfd()?;
-    let serial =
-        Arc::new(Mutex::new(SerialDevice::new(serial_irq, clone_fd(&serial_rx_space)?, serial_output(serial_cfg)?)));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, clone_fd(&serial_rx_space)?, serial_out)));
     register_pio(&mut io, "serial", COM1_PORT, 8, serial.clone())?;
 
     register_pio(&mut io, "cmos", CMOS_PORT, CMOS_PORT_COUNT, Arc::new(Mutex::new(Cmos::default())))?;
@@ -165,5 +174,6 @@ pub fn create_devices(
         hotplug,
         eject_evt,
         hotplug_resync: eventfd()?,
+        console,
     })
 }

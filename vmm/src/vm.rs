@@ -25,6 +25,9 @@ use crate::vfio::{HostDevice, KvmPlatform};
 use crate::VmmError;
 use api::ApiReceiver;
 
+/// How long exit waits for buffered console output to be written.
+const CONSOLE_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Physical address width assumed when KVM does not report one.
 const DEFAULT_PHYS_BITS: u8 = 36;
 
@@ -206,6 +209,10 @@ impl Vm {
         // Devices go after the vCPUs, on this (the VMM) thread.
         if let Ok(mut hotplug) = self.hotplug.lock() {
             hotplug.shutdown();
+        }
+        // The guest's last words, unless the output is blocked (then they are reported lost).
+        if let Some(console) = &self.devices.console {
+            console.wait(CONSOLE_DRAIN_AT_EXIT);
         }
         Ok(exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into())))
     }

@@ -178,6 +178,9 @@ if section multi; then
     }
     for ((round = 1; round <= ROUNDS; round++)); do
         for mode in pause detach; do
+            # igbvf does not reset twice within 10 s: the previous (unmeasured) change would
+            # otherwise hold the guests' recovery back.
+            sleep 11
             pingers start "$mode-$round"
             t0=$(ms_now)
             if "$VFCTL" reconfigure "$PF" --num-vfs 4 --mode "$mode" > "$RESULTS/multi-$mode-$round.txt" 2>&1; then

@@ -8,9 +8,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{HostMapping, RegionInfo, VfioBackend, VfioBackendError, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX};
 
-const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
-const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
-const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
+use vfio_bindings::bindings::vfio::{
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
 
 pub struct RealVfio {
     device: Arc<VfioDevice>,

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod binding;
 pub mod caps;
 pub mod device;
+#[cfg(test)]
 pub mod fake;
 pub mod lifecycle;
 pub mod msix_routing;
@@ -26,11 +27,10 @@ pub use device::{VfioPciDevice, VfioPciError};
 pub use lifecycle::LifecycleError;
 
 /// VFIO PCI region and IRQ indices (linux/vfio.h).
-pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
-pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
-pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
-pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
-pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+pub use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_PCI_ROM_REGION_INDEX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioBackendError {

@@ -204,7 +204,7 @@ pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
         "vm.add-device" => Ok(ApiRequest::VmAddDevice(json_body::<AddDevice>(endpoint, &req.body)?.validate()?)),
         "vm.remove-device" => {
             let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;
-            Ok(ApiRequest::VmRemoveDevice { id: body.id })
+            Ok(ApiRequest::VmRemoveDevice { id: checked_id(endpoint, body.id)? })
         }
         "vm.release-device" => {
             let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;

@@ -67,6 +67,7 @@ fn malformed_requests_get_a_clear_error() {
         ("PUT /api/v1/vm.remove-device HTTP/1.1\r\nContent-Length: 8\r\n\r\n{\"id\":1}".into(), 400, "invalid type"),
         ("PUT /api/v1/vm.remove-device HTTP/1.1\r\nContent-Length: 4\r\n\r\n\u{ff}\u{fe}{}".into(), 400, "not UTF-8"),
         ("PUT /api/v1/vm.remove-device HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"id\":\"a\",\"force\":1}".into(), 400, "unknown field `force`"),
+        ("PUT /api/v1/vm.remove-device HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"id\":\"a/b\"}".into(), 400, "must be 1-64 characters"),
         (huge_body, 413, "larger than"),
         ("GET /api/v1/vmm.ping HTTP/1.0\r\n\r\n".into(), 400, "only HTTP/1.1"),
         ("GET /api/v1/vmm.ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".into(), 501, "chunked"),

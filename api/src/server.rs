@@ -1,12 +1,18 @@
-//! The API server: one thread (`api`) accepting on a unix socket (mode 0600 from the start), one request per
-//! connection. Each valid request goes to the VMM thread through a channel plus an eventfd
-//! wake-up, and the thread waits for the VMM's reply; nothing is handled on the API thread.
+//! The API server: one thread (`api`) serving a unix socket (mode 0600 from the start), one
+//! request per connection. The thread is event-driven (poll): it accepts, reads, waits for the
+//! VMM and writes for many connections at once, so an idle or slow client never delays another
+//! (up to [`MAX_CONNECTIONS`] at a time; each has [`READ_TIMEOUT`] to send its request). Each
+//! valid request goes to the VMM thread through a channel plus an eventfd wake-up; nothing is
+//! handled on the API thread. A request the VMM has not answered within [`REPLY_TIMEOUT`] gets
+//! 504 saying it is still queued (`vm.info` shows what it did), never a silent 500.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,10 @@ use crate::request::{route, ApiRequest};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long we wait for the VMM thread to answer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to read its answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServerError {
@@ -35,7 +45,22 @@ pub enum ApiServerError {
 /// A request for the VMM thread and where to send the answer.
 pub struct ApiMessage {
     pub request: ApiRequest,
-    pub reply: Sender<Response>,
+    pub reply: Reply,
+}
+
+/// Where the VMM thread sends its answer (it wakes the API thread).
+pub struct Reply {
+    tx: Sender<Response>,
+    wake: Arc<EventFd>,
+}
+
+impl Reply {
+    /// Sends the answer; `Err` when the client is gone.
+    pub fn send(&self, response: Response) -> Result<(), Response> {
+        self.tx.send(response).map_err(|e| e.0)?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
 }
 
 /// The VMM thread's end: wake-up eventfd and the request queue.
@@ -119,67 +144,221 @@ impl Drop for PrivateDir {
 
 /// Starts the `api` thread on `listener` (bound at `path`).
 pub fn start(listener: UnixListener, path: &Path) -> Result<(ApiServer, ApiReceiver), ApiServerError> {
+    start_with_reply_timeout(listener, path, REPLY_TIMEOUT)
+}
+
+fn start_with_reply_timeout(
+    listener: UnixListener,
+    path: &Path,
+    reply_timeout: Duration,
+) -> Result<(ApiServer, ApiReceiver), ApiServerError> {
     let shown = path.display().to_string();
-    let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| ApiServerError::Io { path: shown.clone(), source })?;
-    let thread_wake = wake.try_clone().map_err(|source| ApiServerError::Io { path: shown.clone(), source })?;
+    let io = |source| ApiServerError::Io { path: shown.clone(), source };
+    let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(io)?;
+    let thread_wake = wake.try_clone().map_err(io)?;
+    let replies = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io)?);
+    listener.set_nonblocking(true).map_err(io)?;
     let (tx, rx) = channel();
     let thread = std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => serve(s, &tx, &thread_wake),
-                    Err(e) => log::warn!("api: accept: {e}"),
-                }
-            }
-        })
-        .map_err(|source| ApiServerError::Io { path: shown, source })?;
+        .spawn(move || Server { listener, tx, wake: thread_wake, replies, conns: Vec::new(), reply_timeout }.run())
+        .map_err(io)?;
     Ok((ApiServer { path: path.to_path_buf(), _thread: thread }, ApiReceiver { wake, requests: rx }))
 }
 
-/// Reads one request (bounded in size and time), answers it, closes the connection.
-fn serve(mut stream: UnixStream, tx: &Sender<ApiMessage>, wake: &EventFd) {
-    let response = match read_request(&mut stream) {
-        Err(r) => r,
-        Ok(request) => ask_vmm(request, tx, wake),
-    };
-    if let Err(e) = stream.write_all(&response.to_bytes()) {
-        log::debug!("api: cannot answer: {e}");
+enum Phase {
+    /// Reading the request until the deadline.
+    Reading { buf: Vec<u8>, deadline: Instant },
+    /// Sent to the VMM; its answer comes on `rx`.
+    Waiting { rx: Receiver<Response>, deadline: Instant },
+    /// Writing the answer.
+    Writing { out: Vec<u8>, done: usize, deadline: Instant },
+}
+
+struct Conn {
+    stream: UnixStream,
+    phase: Phase,
+}
+
+struct Server {
+    listener: UnixListener,
+    tx: Sender<ApiMessage>,
+    wake: EventFd,
+    /// Signalled by the VMM thread with each answer.
+    replies: Arc<EventFd>,
+    conns: Vec<Conn>,
+    reply_timeout: Duration,
+}
+
+impl Server {
+    fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let deadline = self.conns.iter().map(|c| c.deadline()).min();
+            let timeout_ms =
+                deadline.map_or(-1, |d| d.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1);
+            let mut fds = vec![
+                libc::pollfd { fd: self.replies.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    // Over the limit, new clients wait in the backlog.
+                    events: if self.conns.len() < MAX_CONNECTIONS { libc::POLLIN } else { 0 },
+                    revents: 0,
+                },
+            ];
+            for c in &self.conns {
+                let events = match c.phase {
+                    Phase::Reading { .. } => libc::POLLIN,
+                    Phase::Writing { .. } => libc::POLLOUT,
+                    Phase::Waiting { .. } => 0,
+                };
+                fds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events, revents: 0 });
+            }
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("api: poll: {e}; the API stops");
+                    return;
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                let _ = self.replies.read();
+            }
+            let ready: Vec<bool> = fds[2..].iter().map(|f| f.revents != 0).collect();
+            for (conn, ready) in self.conns.iter_mut().zip(ready) {
+                conn.advance(ready, &self.tx, &self.wake, &self.replies, self.reply_timeout);
+            }
+            self.conns.retain(|c| !c.finished());
+            if fds[1].revents != 0 {
+                self.accept();
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        while self.conns.len() < MAX_CONNECTIONS {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        log::warn!("api: {e}");
+                        continue;
+                    }
+                    let deadline = Instant::now() + READ_TIMEOUT;
+                    self.conns.push(Conn { stream, phase: Phase::Reading { buf: Vec::new(), deadline } });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("api: accept: {e}");
+                    return;
+                }
+            }
+        }
     }
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<ApiRequest, Response> {
-    let deadline = Instant::now() + READ_TIMEOUT;
-    let mut buf = Vec::new();
+impl Conn {
+    fn deadline(&self) -> Instant {
+        match &self.phase {
+            Phase::Reading { deadline, .. } | Phase::Waiting { deadline, .. } | Phase::Writing { deadline, .. } => {
+                *deadline
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        matches!(&self.phase, Phase::Writing { out, done, .. } if *done >= out.len())
+    }
+
+    fn answer(&mut self, response: Response) {
+        self.phase = Phase::Writing { out: response.to_bytes(), done: 0, deadline: Instant::now() + WRITE_TIMEOUT };
+    }
+
+    /// Moves the connection on: reads what arrived, passes a complete request to the VMM,
+    /// collects the VMM's answer, writes, and enforces each phase's deadline.
+    fn advance(
+        &mut self,
+        ready: bool,
+        tx: &Sender<ApiMessage>,
+        wake: &EventFd,
+        replies: &Arc<EventFd>,
+        reply_timeout: Duration,
+    ) {
+        let now = Instant::now();
+        match &mut self.phase {
+            Phase::Reading { buf, deadline } => {
+                let deadline = *deadline;
+                let outcome = if ready { read_more(&mut self.stream, buf) } else { Ok(None) };
+                match outcome {
+                    Err(response) => self.answer(response),
+                    Ok(Some(request)) => {
+                        let (reply, rx) = channel();
+                        let message = ApiMessage { request, reply: Reply { tx: reply, wake: replies.clone() } };
+                        if tx.send(message).is_err() || wake.write(1).is_err() {
+                            self.answer(Response::error(503, "the VMM is shutting down"));
+                        } else {
+                            self.phase = Phase::Waiting { rx, deadline: now + reply_timeout };
+                        }
+                    }
+                    Ok(None) if now >= deadline => self.answer(Response::error(408, "request not received in time")),
+                    Ok(None) => {}
+                }
+            }
+            Phase::Waiting { rx, deadline } => match rx.try_recv() {
+                Ok(response) => self.answer(response),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.answer(Response::error(503, "the VMM is shutting down"))
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) if now >= *deadline => self.answer(Response::error(
+                    504,
+                    "the VMM has not answered in time; the request is still queued and may still be carried out: see vm.info",
+                )),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            },
+            Phase::Writing { out, done, deadline } => {
+                if ready {
+                    match self.stream.write(&out[*done..]) {
+                        Ok(n) => *done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            log::debug!("api: cannot answer: {e}");
+                            *done = out.len();
+                        }
+                    }
+                }
+                if now >= *deadline {
+                    *done = out.len(); // the client does not read: drop it
+                }
+            }
+        }
+    }
+}
+
+/// Reads what is available; the routed request once it is complete.
+fn read_more(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ApiRequest>, Response> {
     let mut chunk = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Err(Response::error(408, "request not received in time"));
-        }
         match stream.read(&mut chunk) {
             Ok(0) => return Err(Response::error(400, "connection closed before a complete request")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(Response::error(408, "request not received in time"));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Response::error(400, &format!("read error: {e}"))),
         }
-        match parse_request(&buf) {
-            Ok(None) => continue,
-            Ok(Some(req)) => return route(&req).map_err(|e| Response::error(e.status, &e.message)),
-            Err(e) => return Err(Response::error(e.status(), &e.to_string())),
+        // Bounded: parse_request refuses oversized headers and bodies.
+        if buf.len() > crate::http::MAX_HEADER_BYTES + crate::http::MAX_BODY_BYTES + 4096 {
+            break;
         }
     }
-}
-
-fn ask_vmm(request: ApiRequest, tx: &Sender<ApiMessage>, wake: &EventFd) -> Response {
-    let (reply_tx, reply_rx) = channel();
-    if tx.send(ApiMessage { request, reply: reply_tx }).is_err() || wake.write(1).is_err() {
-        return Response::error(503, "the VMM is shutting down");
+    match parse_request(buf) {
+        Ok(None) => Ok(None),
+        Ok(Some(req)) => route(&req).map(Some).map_err(|e| Response::error(e.status, &e.message)),
+        Err(e) => Err(Response::error(e.status(), &e.to_string())),
     }
-    reply_rx.recv_timeout(REPLY_TIMEOUT).unwrap_or_else(|_| Response::error(500, "the VMM did not answer in time"))
 }
 
 #[cfg(test)]
@@ -249,5 +428,47 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200 \r\n") && ok.ends_with("{\"version\":\"t\"}"), "{ok}");
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
+    }
+
+    #[test]
+    fn idle_connections_do_not_delay_other_clients() {
+        let path = sock("idle");
+        let _ = std::fs::remove_file(&path);
+        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
+        fake_vmm(rx);
+        // 100 clients connect and send nothing (or half a request).
+        let idle: Vec<UnixStream> = (0..100)
+            .map(|i| {
+                let mut s = UnixStream::connect(&path).unwrap();
+                if i % 2 == 0 {
+                    s.write_all(b"PUT /api/v1/vmm.shut").unwrap();
+                }
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        let ok = call(&path, b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 \r\n"), "{ok}");
+        assert!(t.elapsed() < Duration::from_secs(1), "answered after {:?} behind idle clients", t.elapsed());
+        drop(idle);
+        drop(server);
+    }
+
+    #[test]
+    fn a_request_the_vmm_does_not_answer_in_time_is_reported_as_still_queued() {
+        let path = sock("late");
+        let _ = std::fs::remove_file(&path);
+        let (server, rx) = start_with_reply_timeout(bind(&path).unwrap(), &path, Duration::from_millis(300)).unwrap();
+        // A VMM that takes its time (and answers a client that is gone).
+        let late = std::thread::spawn(move || {
+            let m = rx.requests.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            m.reply.send(Response::no_content()).is_err()
+        });
+        let out = call(&path, b"PUT /api/v1/vm.pause HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(out.starts_with("HTTP/1.1 504 \r\n") && out.contains("still queued"), "{out}");
+        assert!(late.join().unwrap(), "the late answer finds nobody");
+        drop(server);
     }
 }

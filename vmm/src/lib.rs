@@ -46,7 +46,8 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
-    #[error(transparent)]
+    /// Device errors name the device's path; on the command line, the option too.
+    #[error("--device: {0}")]
     Vfio(#[from] vfio::VfioError),
     #[error(transparent)]
     Api(#[from] api::ApiServerError),

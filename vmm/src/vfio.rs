@@ -33,29 +33,29 @@ const LARGE_BAR: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
-    #[error("--device {path}: not a PCI device (no such device in sysfs)")]
+    #[error("{path}: not a PCI device (no such device in sysfs)")]
     NotPciDevice { path: String },
-    #[error("--device {path}: bound to {driver}, not vfio-pci; bind it first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
+    #[error("{path}: bound to {driver}, not vfio-pci; bind it first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind; echo {bdf} > /sys/bus/pci/drivers_probe")]
     WrongDriver { path: String, bdf: String, driver: String },
-    #[error("--device {path}: bound to no driver; bind it to vfio-pci first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe")]
+    #[error("{path}: bound to no driver; bind it to vfio-pci first: echo vfio-pci > {path}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe")]
     NoDriver { path: String, bdf: String },
-    #[error("--device {path}: has no IOMMU group (is the IOMMU on, e.g. intel_iommu=on?)")]
+    #[error("{path}: has no IOMMU group (is the IOMMU on, e.g. intel_iommu=on?)")]
     NoIommuGroup { path: String },
     #[error(
-        "--device {path}: IOMMU group {group} is not viable: {other} is bound to {driver}; bind every device of the group to vfio-pci"
+        "{path}: IOMMU group {group} is not viable: {other} is bound to {driver}; bind every device of the group to vfio-pci"
     )]
     GroupNotViable { path: String, group: u32, other: String, driver: String },
-    #[error("--device {path}: /dev/vfio/{group} is missing")]
+    #[error("{path}: /dev/vfio/{group} is missing")]
     NoGroupNode { path: String, group: u32 },
-    #[error("--device {path}: the same device is given twice")]
+    #[error("{path}: the same device is given twice")]
     Duplicate { path: String },
     #[error("cannot create the KVM VFIO device: {0}")]
     KvmVfioDevice(kvm_ioctls::Error),
     #[error("cannot open the VFIO container: {0}")]
     Container(String),
-    #[error("--device {path}: cannot open it through VFIO: {reason}")]
+    #[error("{path}: cannot open it through VFIO: {reason}")]
     Open { path: String, reason: String },
-    #[error("--device {path}: {reason}")]
+    #[error("{path}: {reason}")]
     Setup { path: String, reason: String },
     #[error("cannot DMA-map guest memory for VFIO: {0}")]
     DmaMap(String),

@@ -19,6 +19,9 @@ use crate::config::DeviceConfig;
 use crate::device_host::DeviceHost;
 use crate::vfio::{HostDevice, VfioError};
 
+/// Detached devices `vm.info` still shows.
+const MAX_DETACHED_SHOWN: usize = 16;
+
 pub(crate) struct Entry {
     pub(crate) host: HostDevice,
     pub(crate) slot: u8,
@@ -27,6 +30,8 @@ pub(crate) struct Entry {
     /// The host's side (binding state machine).
     pub(crate) binding: BindingState,
     pub(crate) eject_deadline: Option<Instant>,
+    /// Order of detachment (for forgetting the oldest detached devices).
+    pub(crate) detached_seq: u64,
     /// The host-request eventfd the event loop watches; re-armed on each new binding.
     pub(crate) request: Option<EventFd>,
 }
@@ -46,6 +51,8 @@ pub struct Hotplug {
     /// When the VM was paused (devices quiesced), while it is.
     pub(crate) paused_since: Option<Instant>,
     next_index: usize,
+    /// Devices detached so far.
+    detached_count: u64,
     /// Pending changes for the event loop, and the eventfd that tells it to look.
     request_watch: Vec<RequestWatch>,
     resync: EventFd,
@@ -77,6 +84,7 @@ impl Hotplug {
             reacquire_timeout,
             paused_since: None,
             next_index: 0,
+            detached_count: 0,
         }
     }
 
@@ -93,6 +101,7 @@ impl Hotplug {
                 state: AttachState::Attaching,
                 binding: BindingState::Bound,
                 eject_deadline: None,
+                detached_seq: 0,
                 request: kept,
             },
         );
@@ -231,11 +240,31 @@ impl Hotplug {
                 Ok((next, AttachAction::TearDown)) => {
                     entry.state = next;
                     entry.eject_deadline = None;
+                    self.detached_count += 1;
+                    entry.detached_seq = self.detached_count;
                     self.host.unplug(slot);
                     self.watch(RequestWatch::Remove { slot });
                 }
                 Ok((next, _)) => entry.state = next,
                 Err(e) => log::warn!("slot {slot}: guest eject ignored: {e}"),
+            }
+        }
+        self.forget_old_detached();
+    }
+
+    /// `vm.info` keeps the most recent detached devices only (a VM that attaches and detaches
+    /// for ever must not grow without bound).
+    fn forget_old_detached(&mut self) {
+        let mut detached: Vec<(u64, String)> = self
+            .entries
+            .values()
+            .filter(|e| e.state == AttachState::Detached)
+            .map(|e| (e.detached_seq, e.host.id.clone()))
+            .collect();
+        if detached.len() > MAX_DETACHED_SHOWN {
+            detached.sort();
+            for (_, id) in &detached[..detached.len() - MAX_DETACHED_SHOWN] {
+                self.entries.remove(id);
             }
         }
     }

@@ -23,7 +23,8 @@ struct HostState {
     ejected: u32,
     enabled: BTreeSet<u8>,
     recovery_due: BTreeMap<u8, Instant>,
-    next_slot: u8,
+    /// Slots in use (the lowest free one is taken, as on the real bus).
+    used: BTreeSet<u8>,
 }
 
 #[derive(Clone, Default)]
@@ -56,13 +57,16 @@ impl DeviceHost for FakeHost {
     fn plug(&mut self, host: HostDevice, request: Option<&EventFd>) -> Result<u8, VfioError> {
         assert!(request.is_some(), "every device gets a host-request eventfd");
         let mut s = self.0.lock().unwrap();
-        s.next_slot += 1;
-        let slot = s.next_slot;
+        let slot = (1..32u8)
+            .find(|n| !s.used.contains(n))
+            .ok_or(VfioError::Setup { path: host.path.display().to_string(), reason: "no free slot".into() })?;
+        s.used.insert(slot);
         s.calls.push(format!("plug {} {slot}", host.id));
         Ok(slot)
     }
 
     fn unplug(&mut self, slot: u8) {
+        self.0.lock().unwrap().used.remove(&slot);
         self.log(format!("unplug {slot}"));
     }
 
@@ -272,7 +276,11 @@ fn guest_eject_unplugs_and_the_eject_timeout_does_not_run_while_paused() {
     assert!(matches!(h.take_request_watch().last(), Some(RequestWatch::Remove { slot: 2 })));
     // The id can be used again.
     h.add(add_request(VF1, "vf1")).unwrap();
-    assert_eq!(host.take_calls(), [format!("validate {VF1}"), "plug vf1 3".into(), "announce 3 up".into()]);
+    assert_eq!(
+        host.take_calls(),
+        [format!("validate {VF1}"), "plug vf1 2".into(), "announce 2 up".into()],
+        "its slot is free again"
+    );
 }
 
 #[test]
@@ -295,4 +303,20 @@ fn recoveries_are_polled_for_the_earliest_due_device() {
     assert_eq!(h.poll_recovery(), Some(now + Duration::from_secs(1)));
     h.on_dma_mapped();
     assert_eq!(host.take_calls(), ["bus_master 1", "bus_master 2"]);
+}
+
+#[test]
+fn only_the_most_recent_detached_devices_are_remembered() {
+    let (mut h, host) = vm_with_two_vfs();
+    for i in 0..40 {
+        let id = format!("x{i}");
+        h.add(add_request(&format!("/sys/bus/pci/devices/0000:02:00.{i}"), &id)).unwrap();
+        let slot = h.entries[&id].slot;
+        h.remove(&id).unwrap();
+        host.0.lock().unwrap().ejected = 1 << slot;
+        h.on_guest_eject();
+    }
+    let info = states(&mut h);
+    assert_eq!(info.len(), 2 + 16, "{info:?}");
+    assert!(info.iter().any(|d| d.starts_with("x39=")) && !info.iter().any(|d| d.starts_with("x23=")), "{info:?}");
 }

@@ -53,6 +53,17 @@ macro_rules! warn_ratelimited {
     }};
 }
 
+/// `warn!` for a line the guest can trigger at will: at most 5 a second from each call site
+/// (each use has its own limiter), with a count of what was suppressed.
+#[macro_export]
+macro_rules! warn_guest {
+    ($($arg:tt)+) => {{
+        static LIMITER: std::sync::Mutex<$crate::ratelimit::RateLimiter> =
+            std::sync::Mutex::new($crate::ratelimit::RateLimiter::new(5, std::time::Duration::from_secs(1)));
+        $crate::warn_ratelimited!(&LIMITER, $($arg)+);
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,7 +246,7 @@ impl Hotplug {
                     self.watch(RequestWatch::Remove { slot });
                 }
                 Ok((next, _)) => entry.state = next,
-                Err(e) => log::warn!("slot {slot}: guest eject ignored: {e}"),
+                Err(e) => devices::warn_guest!("slot {slot}: guest eject ignored: {e}"),
             }
         }
         self.forget_old_detached();

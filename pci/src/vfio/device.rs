@@ -324,7 +324,7 @@ impl VfioPciDevice {
         self.unmap_bar(i);
         let m = &mut self.mappings[i];
         if let Err(e) = self.platform.register_bar(base, m.info.size, m.trapped.clone()) {
-            log::warn!("BAR {} at {base:#x}: {e}", m.info.index);
+            devices::warn_guest!("BAR {} at {base:#x}: {e}", m.info.index);
             return;
         }
         let mut slots = Vec::new();
@@ -333,7 +333,7 @@ impl VfioPciDevice {
             // drops it (unmap_bar, Drop) removes the slot first.
             match unsafe { self.platform.map_memory(base + offset, host.size() as u64, host.addr()) } {
                 Ok(slot) => slots.push(slot),
-                Err(e) => log::warn!("BAR {} +{offset:#x}: cannot map, it will trap: {e}", m.info.index),
+                Err(e) => devices::warn_guest!("BAR {} +{offset:#x}: cannot map, it will trap: {e}", m.info.index),
             }
         }
         m.live = Some((base, slots));

@@ -101,7 +101,7 @@ impl VfioPciDevice {
             }
             DmaState::Failed(e) => {
                 *low_byte &= !bus_master;
-                log::error!("bus mastering stays off: guest memory is not DMA-mapped: {e}");
+                devices::warn_guest!("bus mastering stays off: guest memory is not DMA-mapped: {e}");
             }
         }
     }
@@ -119,7 +119,7 @@ impl VfioPciDevice {
                 self.write_command(command | COMMAND_BUS_MASTER);
             }
             DmaState::Failed(e) => {
-                log::error!("bus mastering stays off: guest memory is not DMA-mapped: {e}")
+                devices::warn_guest!("bus mastering stays off: guest memory is not DMA-mapped: {e}")
             }
         }
         self.life.deferred_bus_master = false;

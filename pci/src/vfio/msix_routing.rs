@@ -78,7 +78,7 @@ impl VectorRoutes {
         }
         match self.platform.attach_irqfd(&self.eventfds[v], self.gsis[v]) {
             Ok(()) => self.attached[v] = true,
-            Err(e) => log::warn!("vector {v}: cannot attach irqfd: {e}"),
+            Err(e) => devices::warn_guest!("vector {v}: cannot attach irqfd: {e}"),
         }
     }
 
@@ -87,7 +87,7 @@ impl VectorRoutes {
             return;
         }
         if let Err(e) = self.platform.detach_irqfd(&self.eventfds[v], self.gsis[v]) {
-            log::warn!("vector {v}: cannot detach irqfd: {e}");
+            devices::warn_guest!("vector {v}: cannot detach irqfd: {e}");
         }
         self.attached[v] = false;
     }
@@ -100,7 +100,7 @@ impl VectorRoutes {
                 VectorChange::Route { vector, message } => {
                     let v = usize::from(vector);
                     if let Err(e) = self.platform.set_msi_route(self.gsis[v], message) {
-                        log::warn!("MSI-X vector {vector}: cannot route: {e}");
+                        devices::warn_guest!("MSI-X vector {vector}: cannot route: {e}");
                         continue;
                     }
                     self.unmasked[v] = true;
@@ -147,7 +147,7 @@ impl VectorRoutes {
     pub fn kick(&self) {
         for v in (0..self.unmasked.len()).filter(|&v| self.unmasked[v]) {
             if let Err(e) = self.eventfds[v].write(1) {
-                log::warn!("vector {v}: cannot raise: {e}");
+                devices::warn_guest!("vector {v}: cannot raise: {e}");
             }
         }
     }
@@ -240,13 +240,13 @@ impl MsixRouting {
             let fds = self.routes.eventfds(usize::from(self.layout.vectors));
             match self.backend.enable_msix(&fds) {
                 Ok(()) => self.vfio_enabled = true,
-                Err(e) => log::warn!("cannot enable MSI-X on the device: {e}"),
+                Err(e) => devices::warn_guest!("cannot enable MSI-X on the device: {e}"),
             }
         }
         self.apply(changes);
         if was_enabled && !self.state.enabled() && self.vfio_enabled {
             if let Err(e) = self.backend.disable_msix() {
-                log::warn!("cannot disable MSI-X on the device: {e}");
+                devices::warn_guest!("cannot disable MSI-X on the device: {e}");
             }
             self.vfio_enabled = false;
         }
@@ -298,7 +298,7 @@ impl InterruptRouting for MsixRouting {
     fn release(&mut self) {
         if self.vfio_enabled {
             if let Err(e) = self.backend.disable_msix() {
-                log::warn!("cannot disable MSI-X on the device: {e}");
+                devices::warn_guest!("cannot disable MSI-X on the device: {e}");
             }
             self.vfio_enabled = false;
         }
@@ -346,14 +346,14 @@ impl MsiRouting {
         if wanted != self.vfio_vectors {
             if self.vfio_vectors != 0 {
                 if let Err(e) = self.backend.disable_msi() {
-                    log::warn!("cannot disable MSI on the device: {e}");
+                    devices::warn_guest!("cannot disable MSI on the device: {e}");
                 }
                 self.vfio_vectors = 0;
             }
             if wanted != 0 {
                 match self.backend.enable_msi(&self.routes.eventfds(usize::from(wanted))) {
                     Ok(()) => self.vfio_vectors = wanted,
-                    Err(e) => log::warn!("cannot enable MSI on the device: {e}"),
+                    Err(e) => devices::warn_guest!("cannot enable MSI on the device: {e}"),
                 }
             }
         }
@@ -382,7 +382,7 @@ impl InterruptRouting for MsiRouting {
     fn release(&mut self) {
         if self.vfio_vectors != 0 {
             if let Err(e) = self.backend.disable_msi() {
-                log::warn!("cannot disable MSI on the device: {e}");
+                devices::warn_guest!("cannot disable MSI on the device: {e}");
             }
             self.vfio_vectors = 0;
         }

@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Testbed tests and the demo boot QEMU/TCG; keep them from running in parallel.
 TESTBED_THREADS ?= 1
 
-.PHONY: all build deps images lint test unit-test testbed-test demo bench stability clean
+.PHONY: all build deps images lint test unit-test fuzz-short fuzz testbed-test demo bench stability clean
 
 all: build
 
@@ -29,10 +29,18 @@ lint:
 unit-test: deps
 	VFVMM_REQUIRE_IASL=1 $(CARGO) test --workspace
 
+# cargo-fuzz targets (tests/fuzz): HTTP requests, PCI config space (0xCF8, ECAM), MSI-X
+# table/PBA, hotplug registers. `make fuzz [FUZZ_SECONDS=60]`; make test runs each briefly.
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+fuzz-short:
+	bash tests/fuzz/run.sh 20
+
 testbed-test: build images
 	$(CARGO) test -p vfvmm-tests -- --ignored --test-threads=$(TESTBED_THREADS)
 
-test: lint unit-test testbed-test
+test: lint unit-test fuzz-short testbed-test
 
 demo: build images
 	bash tests/testbed/demo.sh

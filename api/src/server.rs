@@ -142,15 +142,28 @@ impl Drop for PrivateDir {
     }
 }
 
+/// What a thread runs first (e.g. installing its seccomp filter); an error stops it.
+pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 /// Starts the `api` thread on `listener` (bound at `path`).
 pub fn start(listener: UnixListener, path: &Path) -> Result<(ApiServer, ApiReceiver), ApiServerError> {
-    start_with_reply_timeout(listener, path, REPLY_TIMEOUT)
+    start_with(listener, path, REPLY_TIMEOUT, Box::new(|| Ok(())))
 }
 
-fn start_with_reply_timeout(
+/// [`start`], with `init` run first on the new thread (before it accepts anything).
+pub fn start_with_init(
+    listener: UnixListener,
+    path: &Path,
+    init: ThreadInit,
+) -> Result<(ApiServer, ApiReceiver), ApiServerError> {
+    start_with(listener, path, REPLY_TIMEOUT, init)
+}
+
+fn start_with(
     listener: UnixListener,
     path: &Path,
     reply_timeout: Duration,
+    init: ThreadInit,
 ) -> Result<(ApiServer, ApiReceiver), ApiServerError> {
     let shown = path.display().to_string();
     let io = |source| ApiServerError::Io { path: shown.clone(), source };
@@ -159,10 +172,28 @@ fn start_with_reply_timeout(
     let replies = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io)?);
     listener.set_nonblocking(true).map_err(io)?;
     let (tx, rx) = channel();
+    let (started_tx, started) = channel();
     let thread = std::thread::Builder::new()
         .name("api".into())
-        .spawn(move || Server { listener, tx, wake: thread_wake, replies, conns: Vec::new(), reply_timeout }.run())
+        .spawn(move || {
+            let ready = init();
+            let ok = ready.is_ok();
+            let _ = started_tx.send(ready);
+            if ok {
+                Server { listener, tx, wake: thread_wake, replies, conns: Vec::new(), reply_timeout }.run()
+            }
+        })
         .map_err(io)?;
+    match started.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ApiServerError::Io { path: shown.clone(), source: std::io::Error::other(e) }),
+        Err(_) => {
+            return Err(ApiServerError::Io {
+                path: shown.clone(),
+                source: std::io::Error::other("the API thread died"),
+            })
+        }
+    }
     Ok((ApiServer { path: path.to_path_buf(), _thread: thread }, ApiReceiver { wake, requests: rx }))
 }
 
@@ -459,7 +490,8 @@ mod tests {
     fn a_request_the_vmm_does_not_answer_in_time_is_reported_as_still_queued() {
         let path = sock("late");
         let _ = std::fs::remove_file(&path);
-        let (server, rx) = start_with_reply_timeout(bind(&path).unwrap(), &path, Duration::from_millis(300)).unwrap();
+        let (server, rx) =
+            start_with(bind(&path).unwrap(), &path, Duration::from_millis(300), Box::new(|| Ok(()))).unwrap();
         // A VMM that takes its time (and answers a client that is gone).
         let late = std::thread::spawn(move || {
             let m = rx.requests.recv().unwrap();

@@ -40,12 +40,36 @@ pub struct ConsoleDrain {
     shared: Arc<Shared>,
 }
 
+/// What the console thread runs first (e.g. installing its seccomp filter).
+pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 /// Starts the `console` thread writing to `out`.
 pub fn spawn(out: Box<dyn Write + Send>, capacity: usize) -> io::Result<(ConsoleWriter, ConsoleDrain)> {
+    spawn_with_init(out, capacity, Box::new(|| Ok(())))
+}
+
+/// [`spawn`], with `init` run first on the new thread.
+pub fn spawn_with_init(
+    out: Box<dyn Write + Send>,
+    capacity: usize,
+    init: ThreadInit,
+) -> io::Result<(ConsoleWriter, ConsoleDrain)> {
     let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), capacity });
     let thread_shared = shared.clone();
-    std::thread::Builder::new().name("console".into()).spawn(move || drain(thread_shared, out))?;
-    Ok((ConsoleWriter { shared: shared.clone() }, ConsoleDrain { shared }))
+    let (started_tx, started) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("console".into()).spawn(move || {
+        let ready = init();
+        let ok = ready.is_ok();
+        let _ = started_tx.send(ready);
+        if ok {
+            drain(thread_shared, out)
+        }
+    })?;
+    match started.recv() {
+        Ok(Ok(())) => Ok((ConsoleWriter { shared: shared.clone() }, ConsoleDrain { shared })),
+        Ok(Err(e)) => Err(io::Error::other(e)),
+        Err(_) => Err(io::Error::other("the console thread died")),
+    }
 }
 
 fn drain(shared: Arc<Shared>, mut out: Box<dyn Write + Send>) {

@@ -178,3 +178,18 @@ fn traffic_comes_back_after_a_plain_pause_and_after_a_release_without_recreation
     assert_eq!(field(&state, "removed"), field(&before, "removed"), "the guest logged a removal: {state}");
     assert_eq!(fact(run, "reopen_recoveries"), "2", "both re-opened VFs are recovered through their PF");
 }
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn the_host_destroying_two_vfs_of_a_paused_vm_releases_both_and_they_come_back() {
+    let run = suite();
+    for k in 1..=3 {
+        assert_eq!(
+            fact(run, &format!("host_release{k}")),
+            "alive=1 Paused vf0=Released vf2=Released",
+            "round {k}: vfvmm must survive and release both"
+        );
+        assert_pings_again(&fact(run, &format!("host_release{k}_vf0")));
+        assert_pings_again(&fact(run, &format!("host_release{k}_vf2")));
+    }
+}

@@ -96,6 +96,10 @@ pub struct Cli {
     /// The VM's name in the registry of running VMs (with --api-socket; default vfvmm-PID).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Seccomp filters per thread: true (a forbidden call ends vfvmm), log (the kernel logs it
+    /// and lets it through) or false.
+    #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
+    pub seccomp: String,
     /// Where running VMs register themselves for vfctl (created with mode 0700).
     #[arg(long = "run-dir", value_name = "DIR", default_value = api::registry::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
@@ -144,6 +148,7 @@ pub struct VmConfig {
     /// Registry name (with an API socket) and directory.
     pub name: Option<String>,
     pub run_dir: PathBuf,
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// Splits `a=1,b=2` into pairs, rejecting unknown and repeated keys.
@@ -351,6 +356,11 @@ impl Cli {
                 reacquire_timeout: std::time::Duration::from_secs(self.reacquire_timeout),
                 name: self.name.clone(),
                 run_dir: self.run_dir.clone(),
+                seccomp: match self.seccomp.as_str() {
+                    "log" => crate::seccomp::SeccompMode::Log,
+                    "false" => crate::seccomp::SeccompMode::Off,
+                    _ => crate::seccomp::SeccompMode::Enforce,
+                },
             },
         ))
     }

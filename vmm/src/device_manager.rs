@@ -79,7 +79,12 @@ fn serial_output(cfg: &SerialConfig) -> Result<(SerialOut, Option<ConsoleDrain>)
                 .map_err(|source| DeviceManagerError::SerialFile { path: path.display().to_string(), source })?,
         ),
     };
-    let (writer, drain) = console::spawn(out, console::CONSOLE_BUFFER).map_err(DeviceManagerError::Console)?;
+    let (writer, drain) = console::spawn_with_init(
+        out,
+        console::CONSOLE_BUFFER,
+        crate::seccomp::hook(crate::seccomp::ThreadRole::Console),
+    )
+    .map_err(DeviceManagerError::Console)?;
     Ok((Box::new(writer), Some(drain)))
 }
 

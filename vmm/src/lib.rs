@@ -12,6 +12,7 @@ pub mod exit_counters;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vcpu_set;
 pub mod vfio;
@@ -51,6 +52,8 @@ pub enum VmmError {
     Vfio(#[from] vfio::VfioError),
     #[error(transparent)]
     Api(#[from] api::ApiServerError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("VM registry: {0}")]
     Registry(#[from] api::registry::RegistryError),
 }
@@ -88,7 +91,7 @@ fn start_api(
 ) -> Result<(Option<api::ApiServer>, Option<api::ApiReceiver>), VmmError> {
     match (listener, config.api_socket.as_deref()) {
         (Some(l), Some(path)) => {
-            let (server, rx) = api::server::start(l, path)?;
+            let (server, rx) = api::server::start_with_init(l, path, seccomp::hook(seccomp::ThreadRole::Api))?;
             Ok((Some(server), Some(rx)))
         }
         _ => Ok((None, None)),
@@ -118,6 +121,7 @@ fn register(config: &VmConfig) -> Result<Option<api::registry::Registration>, Vm
 pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
     // Devices and the API socket are checked before anything is created: bad input leaves
     // everything as it was.
+    seccomp::set_mode(config.seccomp)?;
     let host_devices = vfio::validate_devices(&vfio::HostRoots::default(), &config.devices)?;
     let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
     let _registration = register(config)?;
@@ -132,6 +136,7 @@ pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, 
 /// Runs a flat 16-bit real-mode payload loaded at `load_address` (used to test the VMM core
 /// with hand-assembled guests).
 pub fn run_flat(code: &[u8], load_address: u64, config: &VmConfig) -> Result<GuestExit, VmmError> {
+    seccomp::set_mode(config.seccomp)?;
     let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
     let _registration = register(config)?;
     let vm = vm::Vm::new(config)?;

@@ -295,6 +295,10 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
 
 fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
     let mut counters = ExitCounters::default();
+    if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::Vcpu) {
+        shared.exit.raise(GuestExit::Failed(format!("vcpu{id}: {e}")));
+        return counters;
+    }
     IMMEDIATE_EXIT.with(|f| f.set(&mut vcpu.get_kvm_run().immediate_exit));
     while !shared.stop.load(Ordering::Acquire) {
         shared.pause.park_if_requested(&shared.stop, || {

@@ -512,6 +512,10 @@ impl VfioManager {
         let mapper = std::thread::Builder::new()
             .name("vfio-dma".into())
             .spawn(move || {
+                if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::DmaMapper) {
+                    platform.dma.set(Err(e.to_string()));
+                    return;
+                }
                 let started = std::time::Instant::now();
                 // SAFETY: guest memory stays mapped for the life of the VM, which outlives
                 // the container (the VMM joins this thread and drops devices and the
@@ -556,6 +560,12 @@ impl VfioManager {
     /// the container has lost its DMA mappings with its last group.
     pub fn release(&mut self, slot: u8) -> Result<(), String> {
         let d = self.devices.iter().find(|d| d.slot == slot).ok_or_else(|| format!("no device in slot {slot}"))?;
+        log::debug!(
+            "{}: releasing {} (iommu_group link {})",
+            d.host.id,
+            d.host.path.display(),
+            if d.host.path.join("iommu_group").exists() { "present" } else { "GONE" }
+        );
         let backend =
             d.device.lock().map_err(|_| "device lock poisoned".to_string())?.release().map_err(|e| e.to_string())?;
         // The last reference to the VFIO device: dropping it closes the device and group fds.

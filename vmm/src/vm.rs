@@ -196,6 +196,10 @@ impl Vm {
             manager.add_subscriber(Arc::new(Mutex::new(handler)));
         }
 
+        // Every other thread is running: the VMM thread's own filter, before any input.
+        if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::Vmm) {
+            exit.raise(GuestExit::Failed(e.to_string()));
+        }
         while !done.load(Ordering::Acquire) {
             if let Err(e) = manager.run() {
                 exit.raise(GuestExit::Failed(format!("event loop: {e:?}")));

@@ -67,6 +67,7 @@ fn ping_info_pause_resume_shutdown() {
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: Some("api-test".into()),
         run_dir: dir.join("run"),
+        seccomp: vmm::seccomp::SeccompMode::Enforce,
     };
     let run_dir = dir.join("run");
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));

@@ -46,6 +46,7 @@ fn a_console_nobody_reads_never_stalls_the_vmm() {
         reacquire_timeout: Duration::from_secs(10),
         name: None,
         run_dir: dir.join("run"),
+        seccomp: vmm::seccomp::SeccompMode::Enforce,
     };
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));
     let deadline = Instant::now() + Duration::from_secs(10);

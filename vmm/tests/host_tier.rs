@@ -77,6 +77,7 @@ fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: None,
         run_dir: std::env::temp_dir().join("vfvmm-test-run"),
+        seccomp: vmm::seccomp::SeccompMode::Enforce,
     };
     let result = vmm::run_flat(code, 0x10000, &config);
     let bytes = std::fs::read(&out).unwrap_or_default();

@@ -21,6 +21,7 @@ fn sigterm_stops_the_vm_cleanly() {
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: None,
         run_dir: std::env::temp_dir().join("vfvmm-test-run"),
+        seccomp: vmm::seccomp::SeccompMode::Enforce,
     };
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_millis(500));

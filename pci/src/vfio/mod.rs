@@ -9,7 +9,8 @@ pub mod backend;
 pub mod binding;
 pub mod caps;
 pub mod device;
-#[cfg(test)]
+/// The fakes: for tests and fuzz targets only (feature `fake`), never in vfvmm itself.
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod lifecycle;
 pub mod msix_routing;

@@ -11,6 +11,8 @@
 #              then resume with the VF not re-created (re-opened at its path): pings again
 #   plain      VM a with its idle VF0 and a hot-added VF2: plain pause/resume, then pause with
 #              release and resume without re-creation; both VFs ping again each time
+#   host-release  3 x: VM a paused, the host destroys both its VFs at once (echo 0), re-creates
+#              them, resume: vfvmm stays up, both VFs ping again
 # Results: lifecycle.txt (KEY value lines) and the VMs' logs; tests/tests/testbed_lifecycle.rs
 # asserts on them.
 set -uo pipefail
@@ -165,8 +167,22 @@ fact "reopen_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
 fact "reopen_state $(guest_cmd lc-a 30 "/init vf-state $HBDF")"
 fact "reopen_recoveries $(($(recovered) - r0))"
 
-for s in $SOCK $SOCKB; do "$VFCTL" --api-socket $s shutdown-vmm; done
-vmm_wait lc-a
+# --- the host takes two VFs of a paused VM back at once (echo 0 > sriov_numvfs), 3 times:
+# each device is released as the kernel asks for it (vfvmm once aborted here in a race with
+# the kernel removing the VF) ---
+"$VFCTL" --api-socket $SOCKB shutdown-vmm
 vmm_wait lc-b
+for k in 1 2 3; do
+    "$VFCTL" --api-socket $SOCK pause
+    recreate_vfs 0
+    fact "host_release$k alive=$(vmm_running lc-a && echo 1 || echo 0) $(info_binding $SOCK)"
+    recreate_vfs 4
+    "$VFCTL" --api-socket $SOCK resume
+    fact "host_release${k}_vf0 $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
+    fact "host_release${k}_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
+done
+
+"$VFCTL" --api-socket $SOCK shutdown-vmm
+vmm_wait lc-a
 fact "done"
 exit 0

@@ -57,8 +57,12 @@ impl ApiHandler {
             ),
             ApiRequest::VmInfo => {
                 let state = self.vcpus.state().to_string();
-                let devices = self.hotplug.lock().map(|mut h| h.info()).unwrap_or_default();
-                Response::json(200, json!({ "state": state, "config": self.config, "devices": devices }).to_string())
+                let (devices, usage) = self.hotplug.lock().map(|mut h| (h.info(), h.usage())).unwrap_or_default();
+                Response::json(
+                    200,
+                    json!({ "state": state, "config": self.config, "devices": devices, "resources": usage })
+                        .to_string(),
+                )
             }
             ApiRequest::VmPause => match self.vcpus.pause() {
                 Ok(()) => {

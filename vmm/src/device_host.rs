@@ -45,6 +45,10 @@ pub trait DeviceHost: Send {
     fn recovery_tick(&mut self, slot: u8, now: Instant) -> Option<Instant>;
     /// VM exit: every device quiesced, reset and released.
     fn shutdown(&mut self);
+    /// KVM resources in use for passthrough: `(MSI GSIs, memory slots for BARs)`.
+    fn usage(&self) -> (usize, usize) {
+        (0, 0)
+    }
 }
 
 /// The real host: sysfs, VFIO (one container per VM), the guest's PCI bus and KVM.
@@ -157,5 +161,9 @@ impl DeviceHost for KvmDeviceHost {
         if let Some(mut v) = self.vfio.take() {
             v.shutdown();
         }
+    }
+
+    fn usage(&self) -> (usize, usize) {
+        self.platform.usage()
     }
 }

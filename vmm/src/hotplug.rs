@@ -304,6 +304,12 @@ impl Hotplug {
             .collect()
     }
 
+    /// KVM resources passthrough uses now, for `vm.info`.
+    pub fn usage(&self) -> serde_json::Value {
+        let (msi_routes, memory_slots) = self.host.usage();
+        json!({ "msi_routes": msi_routes, "bar_memory_slots": memory_slots })
+    }
+
     /// `vm.shutdown`: press the ACPI power button (GED).
     pub fn power_button(&self) {
         self.host.power_button();

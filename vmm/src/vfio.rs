@@ -267,6 +267,13 @@ impl KvmPlatform {
         })
     }
 
+    /// `(MSI routes, memory slots)` in use for passthrough.
+    pub fn usage(&self) -> (usize, usize) {
+        let routes = self.routes.lock().map(|r| r.len()).unwrap_or(0);
+        let slots = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        (routes, slots)
+    }
+
     /// An eventfd signalled each time DMA mapping of guest RAM finishes.
     pub fn dma_done_fd(&self) -> std::io::Result<EventFd> {
         self.dma.done.try_clone()

@@ -240,6 +240,8 @@ impl Hotplug {
                 Ok((next, AttachAction::TearDown)) => {
                     entry.state = next;
                     entry.eject_deadline = None;
+                    // A detached device keeps only its history: no fd.
+                    entry.request = None;
                     self.detached_count += 1;
                     entry.detached_seq = self.detached_count;
                     self.host.unplug(slot);

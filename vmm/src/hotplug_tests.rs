@@ -318,5 +318,9 @@ fn only_the_most_recent_detached_devices_are_remembered() {
     }
     let info = states(&mut h);
     assert_eq!(info.len(), 2 + 16, "{info:?}");
+    assert!(
+        h.entries.values().filter(|e| e.state == AttachState::Detached).all(|e| e.request.is_none()),
+        "a detached device holds no host-request eventfd"
+    );
     assert!(info.iter().any(|d| d.starts_with("x39=")) && !info.iter().any(|d| d.starts_with("x23=")), "{info:?}");
 }

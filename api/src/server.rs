@@ -372,9 +372,14 @@ impl Conn {
 /// Reads what is available; the routed request once it is complete.
 fn read_more(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ApiRequest>, Response> {
     let mut chunk = [0u8; 4096];
+    let mut closed = false;
     loop {
         match stream.read(&mut chunk) {
-            Ok(0) => return Err(Response::error(400, "connection closed before a complete request")),
+            Ok(0) => {
+                // The client finished sending (it may have shut its side): parse what came.
+                closed = true;
+                break;
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -386,6 +391,7 @@ fn read_more(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ApiReq
         }
     }
     match parse_request(buf) {
+        Ok(None) if closed => Err(Response::error(400, "connection closed before a complete request")),
         Ok(None) => Ok(None),
         Ok(Some(req)) => route(&req).map(Some).map_err(|e| Response::error(e.status, &e.message)),
         Err(e) => Err(Response::error(e.status(), &e.to_string())),
@@ -501,6 +507,28 @@ mod tests {
         let out = call(&path, b"PUT /api/v1/vm.pause HTTP/1.1\r\nHost: localhost\r\n\r\n");
         assert!(out.starts_with("HTTP/1.1 504 \r\n") && out.contains("still queued"), "{out}");
         assert!(late.join().unwrap(), "the late answer finds nobody");
+        drop(server);
+    }
+
+    #[test]
+    fn a_client_that_shuts_its_side_after_the_request_is_answered() {
+        let path = sock("halfclose");
+        let _ = std::fs::remove_file(&path);
+        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
+        fake_vmm(rx);
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 \r\n"), "{out}");
+        // Half a request and then the end: 400.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400 \r\n"), "{out}");
         drop(server);
     }
 }

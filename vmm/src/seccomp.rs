@@ -155,6 +155,8 @@ impl ThreadRole {
                 libc::SYS_mkdir,
                 libc::SYS_mkdirat,
                 libc::SYS_rmdir,
+                libc::SYS_symlink,
+                libc::SYS_symlinkat,
                 libc::SYS_chmod,
                 libc::SYS_fchmod,
                 libc::SYS_clone,

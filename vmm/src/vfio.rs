@@ -209,6 +209,33 @@ impl DmaGate {
     }
 }
 
+/// This process's private directory (mkdtemp, 0700) for the devices' sysfs stand-ins (see
+/// `pci::vfio::backend::DeviceAlias`), created on first use.
+fn alias_dir() -> std::io::Result<PathBuf> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let template = std::env::temp_dir().join(format!("vfvmm-{}-devices.XXXXXX", std::process::id()));
+        let mut bytes =
+            std::ffi::CString::new(template.as_os_str().as_bytes()).map_err(|e| e.to_string())?.into_bytes_with_nul();
+        // SAFETY: a NUL-terminated writable template ending in XXXXXX, as mkdtemp requires.
+        if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        bytes.pop();
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+    })
+    .clone()
+    .map_err(std::io::Error::other)
+}
+
+/// Removes the stand-in directory once no device uses it (at exit).
+fn remove_alias_dir() {
+    if let Ok(dir) = alias_dir() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Numbers handed out upward, given back and reused (memory slot ids, GSIs).
 #[derive(Debug)]
 pub struct IdAllocator {
@@ -549,11 +576,14 @@ impl VfioManager {
         request: Option<&EventFd>,
     ) -> Result<Arc<RealVfio>, VfioError> {
         let started = std::time::Instant::now();
-        let vfio = VfioDevice::new(&host.path, self.container.clone(), false)
-            .map_err(|e| VfioError::Open { path: host.path.display().to_string(), reason: e.to_string() })?;
+        let open_err = |e: String| VfioError::Open { path: host.path.display().to_string(), reason: e };
+        let alias = alias_dir()
+            .and_then(|dir| pci::vfio::backend::DeviceAlias::create(&dir, &host.bdf, host.group))
+            .map_err(|e| open_err(format!("cannot create its private sysfs stand-in: {e}")))?;
+        let vfio = VfioDevice::new(alias.path(), self.container.clone(), false).map_err(|e| open_err(e.to_string()))?;
         log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
         self.ensure_dma_mapping(memory)?;
-        let backend = Arc::new(RealVfio::new(Arc::new(vfio)));
+        let backend = Arc::new(RealVfio::new(Arc::new(vfio), Some(alias)));
         if let Some(fd) = request {
             if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
                 log::warn!("{}: the host cannot ask for it back: {e}", host.id);
@@ -660,6 +690,11 @@ impl VfioManager {
 
     /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).
     pub fn shutdown(&mut self) {
+        self.shutdown_devices();
+        remove_alias_dir();
+    }
+
+    fn shutdown_devices(&mut self) {
         if let Some(mapper) = self.dma_mapper.take() {
             let _ = mapper.join();
         }

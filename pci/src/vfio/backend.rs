@@ -1,7 +1,7 @@
 //! The real backend: a device opened through the VFIO container/group API (vfio-ioctls).
 
-use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
@@ -13,37 +13,57 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 
+/// A private stand-in for a device's sysfs directory: `DIR/BDF/iommu_group` → the device's
+/// IOMMU group. vfio-ioctls reads that link when it opens the device and again, `unwrap()`ing,
+/// when it drops it — after closing the device fd, which lets a host that is destroying the VF
+/// finish and delete the real link first (that aborted vfvmm: 2 of 9 host-initiated releases of
+/// two VFs in the testbed). The stand-in outlives the real directory.
+pub struct DeviceAlias {
+    root: PathBuf,
+    path: PathBuf,
+}
+
+impl DeviceAlias {
+    /// Creates the stand-in for function `bdf` in IOMMU group `group` under `base` (a private
+    /// directory of this process).
+    pub fn create(base: &Path, bdf: &str, group: u32) -> std::io::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = base.join(format!("{n}"));
+        std::fs::create_dir(&root)?;
+        let alias = Self { path: root.join(bdf), root };
+        std::fs::create_dir(&alias.path)?;
+        std::os::unix::fs::symlink(format!("/sys/kernel/iommu_groups/{group}"), alias.path.join("iommu_group"))?;
+        Ok(alias)
+    }
+
+    /// The path to open the device with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DeviceAlias {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path.join("iommu_group"));
+        let _ = std::fs::remove_dir(&self.path);
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
 pub struct RealVfio {
-    /// Dropped by hand (see `Drop`).
-    device: ManuallyDrop<Arc<VfioDevice>>,
+    device: Arc<VfioDevice>,
+    /// Dropped after `device` (field order), which reads it when dropped.
+    _alias: Option<DeviceAlias>,
 }
 
 impl RealVfio {
-    pub fn new(device: Arc<VfioDevice>) -> Self {
-        Self { device: ManuallyDrop::new(device) }
+    pub fn new(device: Arc<VfioDevice>, alias: Option<DeviceAlias>) -> Self {
+        Self { device, _alias: alias }
     }
 
     fn dev(&self) -> &VfioDevice {
         &self.device
-    }
-}
-
-impl Drop for RealVfio {
-    /// vfio-ioctls closes the device fd first and then reads the device's sysfs `iommu_group`
-    /// link to put its group, panicking if the link is gone. When the host is removing the
-    /// device (a VF destroyed under us), closing the fd lets the kernel go on and remove that
-    /// link at once: a race that aborted vfvmm (seen in the testbed, 2 of 9 host-initiated
-    /// releases of two VFs). A duplicate of the device fd, closed only after the drop, keeps
-    /// the kernel waiting until the group is put.
-    fn drop(&mut self) {
-        // SAFETY: dup of an fd we own; the duplicate is closed below and nowhere else.
-        let hold = unsafe { libc::dup(self.device.as_raw_fd()) };
-        // SAFETY: dropped exactly once, here; `self.device` is not used afterwards.
-        unsafe { ManuallyDrop::drop(&mut self.device) };
-        if hold >= 0 {
-            // SAFETY: `hold` is the duplicate made above.
-            unsafe { libc::close(hold) };
-        }
     }
 }
 

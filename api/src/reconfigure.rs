@@ -256,6 +256,21 @@ fn entry<'a>(outcomes: &'a mut Outcomes, vm: &str) -> &'a mut VmOutcome {
     })
 }
 
+/// Sets the plan's VF count; if that fails, puts the old count back (everyone then returns to
+/// the VF index it had). The VFs' addresses by index (empty when even the rollback failed),
+/// and the failure.
+fn change_count(plan: &Plan, run: &mut Run) -> (Vec<String>, Option<String>) {
+    let what = format!("{}: VFs {} -> 0 -> {}, bound to vfio-pci", plan.pf, plan.old_count, plan.new_count);
+    match run.step(what, |ops| ops.set_vfs(&plan.pf, plan.new_count)) {
+        Ok(addresses) => (addresses, None),
+        Err(e) => {
+            let what = format!("rollback: {}: VFs back to {}", plan.pf, plan.old_count);
+            let addresses = run.step(what, |ops| ops.set_vfs(&plan.pf, plan.old_count)).unwrap_or_default();
+            (addresses, Some(format!("{}: {e}", plan.pf)))
+        }
+    }
+}
+
 /// Pause mode. On failure: `(reason, rolled back)`.
 fn by_pause(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (String, bool)> {
     let mut paused: Vec<(String, Instant)> = Vec::new();
@@ -280,18 +295,7 @@ fn by_pause(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (
     // The new VFs by index; after a failure, the VFs as they were.
     let mut addresses: Vec<String> = Vec::new();
     if failure.is_none() {
-        let what = format!("{}: VFs {} -> 0 -> {}, bound to vfio-pci", plan.pf, plan.old_count, plan.new_count);
-        match run.step(what, |ops| ops.set_vfs(&plan.pf, plan.new_count)) {
-            Ok(a) => addresses = a,
-            Err(e) => {
-                failure = Some(format!("{}: {e}", plan.pf));
-                // Back to the old count; everyone is re-acquired at the VF index it had.
-                let what = format!("rollback: {}: VFs back to {}", plan.pf, plan.old_count);
-                if let Ok(a) = run.step(what, |ops| ops.set_vfs(&plan.pf, plan.old_count)) {
-                    addresses = a;
-                }
-            }
-        }
+        (addresses, failure) = change_count(plan, run);
     }
     let address_of =
         |h: &Held| -> String { addresses.get(h.index as usize).cloned().unwrap_or_else(|| h.address.clone()) };
@@ -355,20 +359,10 @@ fn by_detach(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), 
             }
         }
     }
-    // The new VFs by index; empty after a failure (devices go back where they were).
+    // The new VFs by index; after a failure, the VFs as they were (or none: old addresses).
     let mut addresses: Vec<String> = Vec::new();
     if failure.is_none() {
-        let what = format!("{}: VFs {} -> 0 -> {}, bound to vfio-pci", plan.pf, plan.old_count, plan.new_count);
-        match run.step(what, |ops| ops.set_vfs(&plan.pf, plan.new_count)) {
-            Ok(a) => addresses = a,
-            Err(e) => {
-                failure = Some(format!("{}: {e}", plan.pf));
-                let what = format!("rollback: {}: VFs back to {}", plan.pf, plan.old_count);
-                if let Ok(a) = run.step(what, |ops| ops.set_vfs(&plan.pf, plan.old_count)) {
-                    addresses = a;
-                }
-            }
-        }
+        (addresses, failure) = change_count(plan, run);
     }
     for (h, detached_at) in detached {
         let address = addresses.get(h.index as usize).cloned().unwrap_or_else(|| h.address.clone());

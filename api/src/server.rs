@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempdir::TempDir;
 
 use crate::http::{parse_request, Response};
 use crate::request::{route, ApiRequest};
@@ -106,40 +107,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
         }
         std::fs::remove_file(path).map_err(io)?;
     }
-    let private = PrivateDir::create(&dir).map_err(io)?;
-    let staged = private.0.join("s");
+    // mkdtemp: mode 0700, removed (with what is left in it) when dropped.
+    let private = TempDir::new_with_prefix(dir.join(".vfvmm.")).map_err(|e| io(e.into()))?;
+    let staged = private.as_path().join("s");
     let listener = UnixListener::bind(&staged).map_err(io)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     std::fs::rename(&staged, path).map_err(io)?;
     Ok(listener)
-}
-
-/// A directory only we can enter (mkdtemp: mode 0700), removed when dropped.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn create(parent: &Path) -> std::io::Result<Self> {
-        use std::os::unix::ffi::OsStrExt;
-        let template = parent.join(".vfvmm.XXXXXX");
-        let mut bytes = std::ffi::CString::new(template.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::other("NUL in the socket path"))?
-            .into_bytes_with_nul();
-        // SAFETY: `bytes` is a NUL-terminated, writable template ending in XXXXXX, as mkdtemp
-        // requires; it replaces the Xs in place and returns NULL on failure.
-        let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
-        if made.is_null() {
-            return Err(std::io::Error::last_os_error());
-        }
-        bytes.pop(); // the NUL
-        Ok(Self(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes))))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.0.join("s"));
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// What a thread runs first (e.g. installing its seccomp filter); an error stops it.

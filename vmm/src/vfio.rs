@@ -212,21 +212,14 @@ impl DmaGate {
 /// This process's private directory (mkdtemp, 0700) for the devices' sysfs stand-ins (see
 /// `pci::vfio::backend::DeviceAlias`), created on first use.
 fn alias_dir() -> std::io::Result<PathBuf> {
-    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    static DIR: std::sync::OnceLock<Result<vmm_sys_util::tempdir::TempDir, String>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        use std::os::unix::ffi::OsStrExt;
-        let template = std::env::temp_dir().join(format!("vfvmm-{}-devices.XXXXXX", std::process::id()));
-        let mut bytes =
-            std::ffi::CString::new(template.as_os_str().as_bytes()).map_err(|e| e.to_string())?.into_bytes_with_nul();
-        // SAFETY: a NUL-terminated writable template ending in XXXXXX, as mkdtemp requires.
-        if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
-            return Err(std::io::Error::last_os_error().to_string());
-        }
-        bytes.pop();
-        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+        let prefix = std::env::temp_dir().join(format!("vfvmm-{}-devices.", std::process::id()));
+        vmm_sys_util::tempdir::TempDir::new_with_prefix(prefix).map_err(|e| e.to_string())
     })
-    .clone()
-    .map_err(std::io::Error::other)
+    .as_ref()
+    .map(|d| d.as_path().to_path_buf())
+    .map_err(|e| std::io::Error::other(e.clone()))
 }
 
 /// Removes the stand-in directory once no device uses it (at exit).

@@ -89,6 +89,9 @@ pub enum Refusal {
     Conflict,
     /// The VMM failed (500).
     Internal,
+    /// The host did not finish what the request needs in time (a device open or reset); the
+    /// VM is unchanged and the request may be tried again (503).
+    HostBusy,
 }
 
 impl Refusal {
@@ -99,6 +102,7 @@ impl Refusal {
             Refusal::WrongVmState => 405,
             Refusal::Conflict => 409,
             Refusal::Internal => 500,
+            Refusal::HostBusy => 503,
         }
     }
 }

@@ -147,11 +147,17 @@ fn release_and_acquire_routes() {
 
 #[test]
 fn refusal_kinds_map_to_cloud_hypervisor_statuses() {
-    let statuses: Vec<u16> =
-        [Refusal::BadRequest, Refusal::NotFound, Refusal::WrongVmState, Refusal::Conflict, Refusal::Internal]
-            .iter()
-            .map(|r| r.status())
-            .collect();
-    assert_eq!(statuses, [400, 404, 405, 409, 500]);
+    let statuses: Vec<u16> = [
+        Refusal::BadRequest,
+        Refusal::NotFound,
+        Refusal::WrongVmState,
+        Refusal::Conflict,
+        Refusal::Internal,
+        Refusal::HostBusy,
+    ]
+    .iter()
+    .map(|r| r.status())
+    .collect();
+    assert_eq!(statuses, [400, 404, 405, 409, 500, 503]);
     assert_eq!(ApiError::refused(Refusal::Conflict, "x"), ApiError { status: 409, message: "x".into() });
 }

@@ -13,6 +13,8 @@ use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::timing::Milestone;
+
 // The layout is the DSDT's contract: one definition, in `arch`.
 pub use arch::acpi_hotplug::{
     B0EJ_OFFSET, GED_EVENT_OFFSET, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, PCID_OFFSET, PCIU_OFFSET,
@@ -27,11 +29,24 @@ pub struct HotplugRegisters {
     ged_irq: EventFd,
     /// Tells the VMM thread that `ejected` has bits.
     eject_evt: EventFd,
+    /// Per slot: when the guest last read PCIU with the slot's bit set (it saw the new device)
+    /// and last wrote the slot to B0EJ (it ejected the device), for attach/detach timings.
+    checked: [Option<Milestone>; 32],
+    ejected_at: [Option<Milestone>; 32],
 }
 
 impl HotplugRegisters {
     pub fn new(ged_irq: EventFd, eject_evt: EventFd) -> Self {
-        Self { up: 0, down: 0, ged_events: 0, ejected: 0, ged_irq, eject_evt }
+        Self {
+            up: 0,
+            down: 0,
+            ged_events: 0,
+            ejected: 0,
+            ged_irq,
+            eject_evt,
+            checked: [None; 32],
+            ejected_at: [None; 32],
+        }
     }
 
     fn raise(&mut self, event: u32) {
@@ -65,12 +80,37 @@ impl HotplugRegisters {
     pub fn take_ejected(&mut self) -> u32 {
         std::mem::take(&mut self.ejected)
     }
+
+    /// When the guest last saw a new device in `slot` (read PCIU with its bit set).
+    pub fn checked(&self, slot: u8) -> Option<Milestone> {
+        *self.checked.get(usize::from(slot))?
+    }
+
+    /// When the guest last ejected `slot`.
+    pub fn ejected_at(&self, slot: u8) -> Option<Milestone> {
+        *self.ejected_at.get(usize::from(slot))?
+    }
+
+    fn stamp(stamps: &mut [Option<Milestone>; 32], slots: u32) {
+        if slots != 0 {
+            let now = Milestone::now();
+            for (i, stamp) in stamps.iter_mut().enumerate() {
+                if slots & (1 << i) != 0 {
+                    *stamp = Some(now);
+                }
+            }
+        }
+    }
 }
 
 impl MutDevicePio for HotplugRegisters {
     fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let value = match offset {
-            PCIU_OFFSET => std::mem::take(&mut self.up),
+            PCIU_OFFSET => {
+                let up = std::mem::take(&mut self.up);
+                Self::stamp(&mut self.checked, up);
+                up
+            }
             PCID_OFFSET => std::mem::take(&mut self.down),
             GED_EVENT_OFFSET => std::mem::take(&mut self.ged_events),
             _ => 0,
@@ -87,6 +127,7 @@ impl MutDevicePio for HotplugRegisters {
         }
         let slots = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & !1; // never the host bridge
         if slots != 0 {
+            Self::stamp(&mut self.ejected_at, slots);
             self.ejected |= slots;
             if let Err(e) = self.eject_evt.write(1) {
                 log::error!("cannot signal a guest eject: {e}");
@@ -118,12 +159,18 @@ mod tests {
         assert_eq!(irq.read().unwrap(), 1);
         assert_eq!(read32(&mut r, GED_EVENT_OFFSET), GED_EVENT_PCI_HOTPLUG);
         assert_eq!(read32(&mut r, GED_EVENT_OFFSET), 0, "read clears");
+        assert_eq!(r.checked(3), None);
         assert_eq!(read32(&mut r, PCIU_OFFSET), 1 << 3);
+        let checked = r.checked(3).expect("the guest saw slot 3");
         assert_eq!(read32(&mut r, PCIU_OFFSET), 0);
+        assert_eq!(r.checked(3), Some(checked), "an empty read stamps nothing");
+        assert_eq!((r.checked(4), r.ejected_at(3)), (None, None));
         r.slot_down(3);
         assert_eq!(read32(&mut r, PCID_OFFSET), 1 << 3);
         // The guest's _EJ0.
         r.pio_write(PioAddress(0x610), B0EJ_OFFSET, &(1u32 << 3).to_le_bytes());
+        assert!(r.ejected_at(3).is_some_and(|e| e.at >= checked.at));
+        assert_eq!(r.ejected_at(40), None);
         assert_eq!(ej.read().unwrap(), 1);
         assert_eq!(r.take_ejected(), 1 << 3);
         assert_eq!(r.take_ejected(), 0);

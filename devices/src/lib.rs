@@ -7,3 +7,4 @@ pub mod hotplug;
 pub mod power;
 pub mod ratelimit;
 pub mod serial;
+pub mod timing;

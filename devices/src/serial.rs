@@ -26,7 +26,9 @@ pub struct RxSpaceEvents {
 
 impl SerialEvents for RxSpaceEvents {
     fn buffer_read(&self) {}
-    fn out_byte(&self) {}
+    fn out_byte(&self) {
+        crate::timing::FIRST_SERIAL_BYTE.reach();
+    }
     fn tx_lost_byte(&self) {}
     fn in_buffer_empty(&self) {
         // Losing this wakeup only delays input until the next read; nothing to report.

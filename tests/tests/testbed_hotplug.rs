@@ -119,3 +119,67 @@ fn host_takes_attached_vfs_back_and_the_vm_keeps_running() {
     let err = run.stderr("hp");
     assert!(err.contains("the host wants 0000:01:10.0 back"), "{err}");
 }
+
+fn phases(timeline: &serde_json::Value) -> Vec<(String, u64)> {
+    timeline["phases"]
+        .as_array()
+        .map(|p| {
+            p.iter().map(|p| (p["phase"].as_str().unwrap_or("?").to_string(), p["ms"].as_u64().unwrap_or(0))).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// vm.info's `timings`: every phase of boot, of each attach (request → the device masters the
+/// bus) and of each detach (request → the VF free on the host), with durations that add up.
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn vm_info_times_boot_and_each_attach_and_detach_phase_by_phase() {
+    let run = suite();
+    let attach = [
+        "request validated",
+        "VFIO device opened (host reset it)",
+        "BARs placed and plugged into the bus",
+        "guest notified (GED interrupt)",
+        "guest saw the slot",
+        "guest enabled memory decoding",
+        "guest enabled MSI-X",
+        "guest RAM DMA-mapped",
+        "device got bus mastering",
+    ];
+    let detach = [
+        "guest notified (GED interrupt)",
+        "guest ejected the device",
+        "eject seen by the VMM thread",
+        "MSI-X off and BARs unmapped",
+        "VF reset and closed: free on the host",
+        "torn down",
+    ];
+    for round in 1..=3 {
+        let info = json(run, &format!("hp-info-attached-{round}.json"));
+        let a = &info["timings"]["last_attach"];
+        let names: Vec<String> = phases(a).into_iter().map(|(n, _)| n).collect();
+        for want in attach {
+            assert!(names.iter().any(|n| n == want), "round {round}: no '{want}' in {a}");
+        }
+        let sum: u64 = phases(a).iter().map(|(_, ms)| ms).sum();
+        let total = a["total_ms"].as_u64().unwrap_or(0);
+        assert!(total > 0 && sum.abs_diff(total) <= names.len() as u64, "round {round}: {a}");
+        let info = json(run, &format!("hp-info-detached-{round}.json"));
+        let d = &info["timings"]["last_detach"];
+        let names: Vec<String> = phases(d).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, detach, "round {round}: {d}");
+        let boot: Vec<String> = phases(&info["timings"]["boot"]).into_iter().map(|(n, _)| n).collect();
+        for want in [
+            "vfvmm started",
+            "VM created (memory + irqchip + devices)",
+            "kernel loaded",
+            "first vCPU entry",
+            "first serial byte",
+        ] {
+            assert!(boot.iter().any(|n| n == want), "no '{want}' in {boot:?}");
+        }
+    }
+    // RUST_LOG=info logs them.
+    let log = run.stderr("hp");
+    assert!(log.contains("timing attach vf0: ") && log.contains("timing detach vf0: "), "{log}");
+}

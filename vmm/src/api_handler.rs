@@ -57,11 +57,13 @@ impl ApiHandler {
             ),
             ApiRequest::VmInfo => {
                 let state = self.vcpus.state().to_string();
-                let (devices, usage) = self.hotplug.lock().map(|mut h| (h.info(), h.usage())).unwrap_or_default();
+                let (devices, usage, timings) =
+                    self.hotplug.lock().map(|mut h| (h.info(), h.usage(), h.timings())).unwrap_or_default();
                 Response::json(
                     200,
-                    json!({ "state": state, "config": self.config, "devices": devices, "resources": usage })
-                        .to_string(),
+                    json!({ "state": state, "config": self.config, "devices": devices, "resources": usage,
+                            "timings": timings })
+                    .to_string(),
                 )
             }
             ApiRequest::VmPause => match self.vcpus.pause() {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use devices::hotplug::HotplugRegisters;
+use devices::timing::Milestone;
 use kvm_ioctls::VmFd;
 use pci::vfio::VfioPciDevice;
 use pci::{BarAllocator, PciBus};
@@ -25,7 +26,13 @@ pub trait DeviceHost: Send {
     /// is signalled when the host asks for the device back. Returns the slot.
     fn plug(&mut self, host: HostDevice, request: Option<&EventFd>) -> Result<u8, VfioError>;
     /// Takes the device in `slot` out of the VM (the guest ejected it); the host gets it back.
-    fn unplug(&mut self, slot: u8);
+    /// Returns the milestones of the teardown (quiesced, reset and closed).
+    fn unplug(&mut self, slot: u8) -> Vec<(&'static str, Milestone)>;
+    /// What the host and the guest did with the device in `slot` so far, for attach and
+    /// detach timings (opened, guest saw / ejected the slot, enabled decoding, MSI-X, ...).
+    fn milestones(&self, _slot: u8) -> Vec<(&'static str, Milestone)> {
+        Vec::new()
+    }
     /// Tells the guest a device appeared in / should leave `slot` (ACPI hotplug).
     fn announce(&self, slot: u8, present: bool);
     /// Slots the guest ejected since the last call (bit per slot).
@@ -99,10 +106,27 @@ impl DeviceHost for KvmDeviceHost {
         Ok(self.manager()?.attach(host, &memory, &bus, &allocator, request)?.slot)
     }
 
-    fn unplug(&mut self, slot: u8) {
-        if let Some(v) = self.vfio.as_mut() {
-            v.detach(slot, &self.bus, &self.allocator);
+    fn unplug(&mut self, slot: u8) -> Vec<(&'static str, Milestone)> {
+        match self.vfio.as_mut() {
+            Some(v) => v.detach(slot, &self.bus, &self.allocator).map(|(_, m)| m).unwrap_or_default(),
+            None => Vec::new(),
         }
+    }
+
+    fn milestones(&self, slot: u8) -> Vec<(&'static str, Milestone)> {
+        let mut out = Vec::new();
+        if let Ok(r) = self.registers.lock() {
+            out.extend(r.checked(slot).map(|m| ("guest saw the slot", m)));
+            out.extend(r.ejected_at(slot).map(|m| ("guest ejected the device", m)));
+        }
+        if let Some(d) = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == slot)) {
+            out.push(("VFIO device opened (host reset it)", d.opened));
+            if let Ok(dev) = d.device.lock() {
+                out.extend(dev.milestones().reached());
+            }
+        }
+        out.extend(self.platform.dma_mapped().map(|m| ("guest RAM DMA-mapped", m)));
+        out
     }
 
     fn announce(&self, slot: u8, present: bool) {

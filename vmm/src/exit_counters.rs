@@ -2,6 +2,7 @@
 //! (`RUST_LOG=info`), they show e.g. that a passed-through BAR is mapped, not trapped.
 
 use arch::layout::{ACPI_SLEEP_CONTROL_PORT, COM1_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
+use devices::timing::{ExitKind, EXITS};
 
 const PIO_RANGES: [(&str, u16, u16); 5] = [
     ("serial", COM1_PORT, 8),
@@ -27,6 +28,11 @@ impl ExitCounters {
         let i =
             PIO_RANGES.iter().position(|&(_, base, len)| port >= base && port - base < len).unwrap_or(PIO_RANGES.len());
         self.pio[i] += 1;
+        EXITS.count(match PIO_RANGES.get(i).map(|r| r.0) {
+            Some("serial") => ExitKind::Serial,
+            Some("pci-config") => ExitKind::PciConfigIo,
+            _ => ExitKind::OtherIo,
+        });
         self.unhandled_pio += u64::from(!handled);
     }
 
@@ -34,10 +40,13 @@ impl ExitCounters {
     pub fn record_mmio(&mut self, addr: u64, handled: bool, pci_windows: &[(u64, u64)]) {
         if (PCI_ECAM_START..PCI_ECAM_START + PCI_ECAM_SIZE).contains(&addr) {
             self.mmio_ecam += 1;
+            EXITS.count(ExitKind::Ecam);
         } else if pci_windows.iter().any(|&(base, size)| addr >= base && addr - base < size) {
             self.mmio_pci_bars += 1;
+            EXITS.count(ExitKind::BarMmio);
         } else {
             self.mmio_other += 1;
+            EXITS.count(ExitKind::OtherMmio);
         }
         self.unhandled_mmio += u64::from(!handled);
     }

@@ -17,6 +17,7 @@ use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
 use crate::binding::BindingState;
 use crate::config::DeviceConfig;
 use crate::device_host::DeviceHost;
+use crate::timeline::{Timeline, Timings};
 use crate::vfio::{HostDevice, VfioError};
 
 /// Detached devices `vm.info` still shows.
@@ -56,7 +57,23 @@ pub struct Hotplug {
     /// Pending changes for the event loop, and the eventfd that tells it to look.
     request_watch: Vec<RequestWatch>,
     resync: EventFd,
+    /// Boot and the last attach and detach, for `vm.info`.
+    pub timings: Timings,
+    /// A detach in progress: `(device id, timeline from the request)`.
+    detaching: Option<(String, Timeline)>,
+    /// Whether the last attach's full timeline has been logged.
+    attach_logged: bool,
 }
+
+/// Milestones that belong to an attach, and to a detach (the host side's names).
+const ATTACH_MILESTONES: [&str; 6] = [
+    "VFIO device opened (host reset it)",
+    "guest saw the slot",
+    "guest enabled memory decoding",
+    "guest enabled MSI-X",
+    "guest RAM DMA-mapped",
+    "device got bus mastering",
+];
 
 /// How the API reports a host-device problem.
 pub(crate) fn refusal(e: &VfioError) -> Refusal {
@@ -64,6 +81,7 @@ pub(crate) fn refusal(e: &VfioError) -> Refusal {
         VfioError::NotPciDevice { .. } => Refusal::NotFound,
         VfioError::Duplicate { .. } => Refusal::Conflict,
         VfioError::KvmVfioDevice(_) | VfioError::Container(_) | VfioError::DmaMap(_) => Refusal::Internal,
+        VfioError::HostBusy { .. } => Refusal::HostBusy,
         _ => Refusal::BadRequest,
     }
 }
@@ -85,6 +103,28 @@ impl Hotplug {
             paused_since: None,
             next_index: 0,
             detached_count: 0,
+            timings: Timings::default(),
+            detaching: None,
+            attach_logged: true,
+        }
+    }
+
+    /// Brings the last attach's timeline up to date with what the host and guest did since,
+    /// and logs it once the device masters the bus (the end of an attach).
+    fn complete_attach_timing(&mut self) {
+        let Some((id, timeline)) = self.timings.last_attach.as_mut() else { return };
+        let Some(slot) = self.entries.get(id.as_str()).filter(|e| e.state != AttachState::Detached).map(|e| e.slot)
+        else {
+            return;
+        };
+        for (name, m) in self.host.milestones(slot) {
+            if ATTACH_MILESTONES.contains(&name) {
+                timeline.add(name, m);
+            }
+        }
+        if !self.attach_logged && timeline.has("device got bus mastering") {
+            self.attach_logged = true;
+            log::info!("timing attach {id}: {}", timeline.summary());
         }
     }
 
@@ -190,6 +230,7 @@ impl Hotplug {
     /// `vm.add-device`.
     pub fn add(&mut self, req: AddDevice) -> Result<serde_json::Value, ApiError> {
         self.refuse_if_paused("add-device")?;
+        let mut timeline = Timeline::starting_now();
         let id = req.id.clone().unwrap_or_else(|| {
             self.next_index += 1;
             format!("vfio{}", self.next_index - 1)
@@ -202,10 +243,22 @@ impl Hotplug {
         if self.live().any(|e| e.host.path == host.path) {
             return Err(ApiError::refused(Refusal::Conflict, format!("{} is already attached", req.path)));
         }
+        timeline.mark("request validated");
         // A detached entry with this id is history now.
         self.entries.remove(&id);
         let slot = self.plug(host).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
+        timeline.mark("BARs placed and plugged into the bus");
         self.host.announce(slot, true);
+        timeline.mark("guest notified (GED interrupt)");
+        for (name, m) in self.host.milestones(slot) {
+            if name == ATTACH_MILESTONES[0] {
+                timeline.add(name, m);
+            }
+        }
+        log::info!("timing attach {id} (host side): {}", timeline.summary());
+        self.complete_attach_timing();
+        self.timings.last_attach = Some((id.clone(), timeline));
+        self.attach_logged = false;
         Ok(json!({ "id": id, "bdf": format!("0000:00:{slot:02x}.0") }))
     }
 
@@ -221,8 +274,11 @@ impl Hotplug {
             .map_err(|e| ApiError::refused(Refusal::Conflict, e.to_string()))?;
         entry.state = next;
         if action == AttachAction::NotifyEject {
+            let mut timeline = Timeline::starting_now();
             entry.eject_deadline = Some(Instant::now() + self.eject_timeout);
             self.host.announce(entry.slot, false);
+            timeline.mark("guest notified (GED interrupt)");
+            self.detaching = Some((id.to_string(), timeline));
         }
         Ok(())
     }
@@ -238,13 +294,35 @@ impl Hotplug {
             };
             match transition(entry.state, AttachEvent::GuestEjected) {
                 Ok((next, AttachAction::TearDown)) => {
+                    let id = entry.host.id.clone();
+                    // The last attach's timeline is complete before the device goes.
+                    if self.timings.last_attach.as_ref().is_some_and(|(a, _)| *a == id) {
+                        self.complete_attach_timing();
+                    }
+                    let ejected =
+                        self.host.milestones(slot).into_iter().find(|(n, _)| *n == "guest ejected the device");
+                    let Some(entry) = self.entries.get_mut(&id) else { continue };
                     entry.state = next;
                     entry.eject_deadline = None;
                     // A detached device keeps only its history: no fd.
                     entry.request = None;
                     self.detached_count += 1;
                     entry.detached_seq = self.detached_count;
-                    self.host.unplug(slot);
+                    let mut timeline = match self.detaching.take() {
+                        Some((d, t)) if d == id => t,
+                        // Not asked through the API (the host wanted it, or the guest let go).
+                        _ => Timeline::starting_at(ejected.map_or_else(devices::timing::Milestone::now, |(_, m)| m)),
+                    };
+                    if let Some((name, m)) = ejected {
+                        timeline.add(name, m);
+                    }
+                    timeline.mark("eject seen by the VMM thread");
+                    for (name, m) in self.host.unplug(slot) {
+                        timeline.add(name, m);
+                    }
+                    timeline.mark("torn down");
+                    log::info!("timing detach {id}: {}", timeline.summary());
+                    self.timings.last_detach = Some((id, timeline));
                     self.watch(RequestWatch::Remove { slot });
                 }
                 Ok((next, _)) => entry.state = next,
@@ -287,6 +365,12 @@ impl Hotplug {
                 entry.state = next;
             }
         }
+    }
+
+    /// `timings` for `vm.info`.
+    pub fn timings(&mut self) -> serde_json::Value {
+        self.complete_attach_timing();
+        self.timings.to_json()
     }
 
     /// Devices for `vm.info`.

@@ -25,12 +25,27 @@ struct HostState {
     recovery_due: BTreeMap<u8, Instant>,
     /// Slots in use (the lowest free one is taken, as on the real bus).
     used: BTreeSet<u8>,
+    /// Paths whose open the host does not finish within vfvmm's bound.
+    hung: BTreeSet<PathBuf>,
+    /// What the guest did with each slot's device, for timings.
+    milestones: BTreeMap<u8, Vec<(&'static str, devices::timing::Milestone)>>,
 }
 
 #[derive(Clone, Default)]
 struct FakeHost(Arc<Mutex<HostState>>);
 
 impl FakeHost {
+    fn hung_open(&self, host: &HostDevice) -> Result<(), VfioError> {
+        if !self.0.lock().unwrap().hung.contains(&host.path) {
+            return Ok(());
+        }
+        let reason = crate::host_worker::HostWorkError::TimedOut {
+            what: format!("opening {}", host.bdf),
+            after: Duration::from_secs(20),
+        };
+        Err(VfioError::HostBusy { path: host.path.display().to_string(), reason })
+    }
+
     fn log(&self, call: String) {
         self.0.lock().unwrap().calls.push(call);
     }
@@ -56,6 +71,7 @@ impl DeviceHost for FakeHost {
 
     fn plug(&mut self, host: HostDevice, request: Option<&EventFd>) -> Result<u8, VfioError> {
         assert!(request.is_some(), "every device gets a host-request eventfd");
+        self.hung_open(&host)?;
         let mut s = self.0.lock().unwrap();
         let slot = (1..32u8)
             .find(|n| !s.used.contains(n))
@@ -65,9 +81,10 @@ impl DeviceHost for FakeHost {
         Ok(slot)
     }
 
-    fn unplug(&mut self, slot: u8) {
+    fn unplug(&mut self, slot: u8) -> Vec<(&'static str, devices::timing::Milestone)> {
         self.0.lock().unwrap().used.remove(&slot);
         self.log(format!("unplug {slot}"));
+        vec![("VF free on the host", devices::timing::Milestone::now())]
     }
 
     fn announce(&self, slot: u8, present: bool) {
@@ -101,6 +118,7 @@ impl DeviceHost for FakeHost {
 
     fn reacquire(&mut self, slot: u8, host: HostDevice, _request: Option<&EventFd>) -> Result<(), ReacquireError> {
         self.log(format!("reacquire {slot} {}", host.path.display()));
+        self.hung_open(&host).map_err(ReacquireError::Open)?;
         if self.0.lock().unwrap().other_kind.contains(&host.path) {
             return Err(ReacquireError::Kind(format!(
                 "{}: vendor:device 8086:100e, was 8086:10ca",
@@ -120,6 +138,10 @@ impl DeviceHost for FakeHost {
 
     fn shutdown(&mut self) {
         self.log("shutdown".into());
+    }
+
+    fn milestones(&self, slot: u8) -> Vec<(&'static str, devices::timing::Milestone)> {
+        self.0.lock().unwrap().milestones.get(&slot).cloned().unwrap_or_default()
     }
 }
 
@@ -323,4 +345,81 @@ fn only_the_most_recent_detached_devices_are_remembered() {
         "a detached device holds no host-request eventfd"
     );
     assert!(info.iter().any(|d| d.starts_with("x39=")) && !info.iter().any(|d| d.starts_with("x23=")), "{info:?}");
+}
+
+/// The host does not open a device within the bound (its reset hangs): add-device and
+/// acquire-device answer 503 naming what the host did not finish, and the VM is unchanged —
+/// no slot taken, nothing announced, the released device still released.
+#[test]
+fn a_host_that_does_not_open_a_device_in_time_gets_503_and_changes_nothing() {
+    let (mut h, host) = vm_with_two_vfs();
+    host.0.lock().unwrap().hung.insert(PathBuf::from(VF2));
+    let before = states(&mut h);
+    let e = h.add(add_request(VF2, "vf2")).unwrap_err();
+    assert_eq!(e.status, 503, "{}", e.message);
+    assert!(e.message.contains("did not finish opening 0000:01:10.4 within 20 s"), "{}", e.message);
+    assert_eq!(host.take_calls(), [format!("validate {VF2}")], "no slot taken, nothing announced");
+    assert_eq!(states(&mut h), before);
+
+    h.pause_devices();
+    h.release("vf0").unwrap();
+    host.take_calls();
+    let e = h.acquire("vf0", Some(VF2.into())).unwrap_err();
+    assert_eq!(e.status, 503, "{}", e.message);
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Released""#);
+    // Once the host answers again, the same request works.
+    host.0.lock().unwrap().hung.clear();
+    h.acquire("vf0", Some(VF2.into())).unwrap();
+    assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Quiesced""#);
+}
+
+fn phase_names(timeline: &serde_json::Value) -> Vec<String> {
+    timeline["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap().to_string()).collect()
+}
+
+/// vm.info's `timings`: the last attach from the request to the device mastering the bus (what
+/// the guest did merged in as it happens), the last detach from the request to the VF free.
+#[test]
+fn vm_info_times_the_last_attach_and_detach_phase_by_phase() {
+    use devices::timing::Milestone;
+    let (mut h, host) = vm_with_two_vfs();
+    h.add(add_request(VF2, "vf2")).unwrap();
+    let t = h.timings();
+    assert_eq!(t["last_attach"]["id"], "vf2");
+    assert_eq!(
+        phase_names(&t["last_attach"]),
+        ["request validated", "BARs placed and plugged into the bus", "guest notified (GED interrupt)"]
+    );
+    assert!(t["last_detach"].is_null());
+    // The guest's driver comes up: its milestones join the timeline, in time order; one of
+    // another name (not an attach milestone) is left out.
+    std::thread::sleep(Duration::from_millis(2));
+    let enabled = Milestone::now();
+    std::thread::sleep(Duration::from_millis(2));
+    let bus_master = Milestone::now();
+    host.0.lock().unwrap().milestones.insert(
+        3,
+        vec![
+            ("device got bus mastering", bus_master),
+            ("guest enabled MSI-X", enabled),
+            ("guest ejected the device", bus_master),
+        ],
+    );
+    let t = h.timings();
+    let names = phase_names(&t["last_attach"]);
+    assert_eq!(names[3..], ["guest enabled MSI-X", "device got bus mastering"]);
+    assert!(t["last_attach"]["total_ms"].as_u64().unwrap() >= 4);
+
+    host.0.lock().unwrap().milestones.clear();
+    h.remove("vf2").unwrap();
+    host.0.lock().unwrap().ejected = 1 << 3;
+    h.on_guest_eject();
+    let t = h.timings();
+    assert_eq!(t["last_detach"]["id"], "vf2");
+    assert_eq!(
+        phase_names(&t["last_detach"]),
+        ["guest notified (GED interrupt)", "eject seen by the VMM thread", "VF free on the host", "torn down"]
+    );
+    // The attach's timeline stays as it was when the device went.
+    assert_eq!(phase_names(&t["last_attach"]).len(), 5);
 }

@@ -9,10 +9,12 @@ pub mod device_host;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit_counters;
+pub mod host_worker;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod memory;
 pub mod seccomp;
+pub mod timeline;
 pub mod vcpu;
 pub mod vcpu_set;
 pub mod vfio;
@@ -121,15 +123,24 @@ fn register(config: &VmConfig) -> Result<Option<api::registry::Registration>, Vm
 pub fn run_linux(kernel: &KernelConfig, config: &VmConfig) -> Result<GuestExit, VmmError> {
     // Devices and the API socket are checked before anything is created: bad input leaves
     // everything as it was.
+    let mut boot = timeline::Timeline::from_process_start();
+    boot.mark("vfvmm started");
     seccomp::set_mode(config.seccomp)?;
     let host_devices = vfio::validate_devices(&vfio::HostRoots::default(), &config.devices)?;
     let listener = config.api_socket.as_deref().map(api::server::bind).transpose()?;
     let _registration = register(config)?;
+    boot.mark("devices checked and API socket bound");
     let mut vm = vm::Vm::new(config)?;
+    boot.mark("VM created (memory + irqchip + devices)");
     vm.attach_vfio_devices(host_devices)?;
+    if !config.devices.is_empty() {
+        boot.mark("VFIO devices opened and placed");
+    }
     let entry = boot::load_linux(&vm.memory, kernel, config.memory, &vm.acpi_config())?;
+    boot.mark("kernel loaded");
     // The server lives until the VM is gone; dropping it removes the socket file.
     let (_server, receiver) = start_api(listener, config)?;
+    vm.set_boot_timeline(boot);
     vm.run(entry, receiver)
 }
 

@@ -7,6 +7,7 @@
 //! | `api` | at start, before the first accept | serve the socket (poll, accept, read, write) and hand requests over |
 //! | `console` | at start | write guest output to stdout or a file |
 //! | `vfio-dma` | at start | map guest RAM for DMA |
+//! | `vfio-host` | at start | open, reset and close host devices (the VMM thread waits for it with a bound) |
 //! | `vmm` (main) | before its event loop, once every other thread is started | everything device set-up and teardown need (VFIO, sysfs, KVM, eventfds, threads) |
 //!
 //! A thread started later inherits its parent's filter as well as installing its own, so the
@@ -48,6 +49,7 @@ pub enum ThreadRole {
     Api,
     Console,
     DmaMapper,
+    HostWorker,
 }
 
 impl ThreadRole {
@@ -58,6 +60,7 @@ impl ThreadRole {
             ThreadRole::Api => "api",
             ThreadRole::Console => "console",
             ThreadRole::DmaMapper => "vfio-dma",
+            ThreadRole::HostWorker => "vfio-host",
         }
     }
 
@@ -117,7 +120,8 @@ impl ThreadRole {
             ],
             ThreadRole::Console => vec![libc::SYS_fsync, libc::SYS_fdatasync],
             ThreadRole::DmaMapper => vec![libc::SYS_ioctl],
-            ThreadRole::Vmm => vec![
+            // The host-device work it takes off the VMM thread: the VMM thread's calls.
+            ThreadRole::HostWorker | ThreadRole::Vmm => vec![
                 libc::SYS_ioctl,
                 libc::SYS_pread64,
                 libc::SYS_pwrite64,
@@ -289,7 +293,14 @@ mod tests {
 
     #[test]
     fn every_role_has_a_filter_that_builds() {
-        for role in [ThreadRole::Vmm, ThreadRole::Vcpu, ThreadRole::Api, ThreadRole::Console, ThreadRole::DmaMapper] {
+        for role in [
+            ThreadRole::Vmm,
+            ThreadRole::Vcpu,
+            ThreadRole::Api,
+            ThreadRole::Console,
+            ThreadRole::DmaMapper,
+            ThreadRole::HostWorker,
+        ] {
             for mode in [SeccompMode::Enforce, SeccompMode::Log] {
                 assert!(!filter(role, mode).unwrap().is_empty(), "{role:?}");
             }

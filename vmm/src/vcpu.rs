@@ -300,6 +300,7 @@ fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
         return counters;
     }
     IMMEDIATE_EXIT.with(|f| f.set(&mut vcpu.get_kvm_run().immediate_exit));
+    devices::timing::FIRST_VCPU_ENTRY.reach();
     while !shared.stop.load(Ordering::Acquire) {
         shared.pause.park_if_requested(&shared.stop, || {
             // The guest's clock jumps on resume; tell it it was paused (no soft-lockup reports).

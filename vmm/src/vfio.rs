@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_irq_routing_entry, kvm_userspace_memory_region,
@@ -24,7 +25,9 @@ use vm_device::DeviceMmio;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DeviceConfig;
+use crate::host_worker::HostWorker;
 use crate::memory::GuestMemory;
+use devices::timing::Milestone;
 
 /// IOAPIC pins; GSIs from here up are ours for MSI routes.
 const IOAPIC_PINS: u32 = 24;
@@ -55,6 +58,8 @@ pub enum VfioError {
     Container(String),
     #[error("{path}: cannot open it through VFIO: {reason}")]
     Open { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    HostBusy { path: String, reason: crate::host_worker::HostWorkError },
     #[error("{path}: {reason}")]
     Setup { path: String, reason: String },
     #[error("cannot DMA-map guest memory for VFIO: {0}")]
@@ -104,8 +109,12 @@ impl Default for HostRoots {
 /// the VM exists: a bad device changes nothing.
 pub fn validate_device(roots: &HostRoots, cfg: &DeviceConfig, index: usize) -> Result<HostDevice, VfioError> {
     let shown = cfg.path.display().to_string();
-    let under_root =
-        cfg.path.strip_prefix("/sys").map(|rest| roots.sys.join(rest)).unwrap_or_else(|_| cfg.path.clone());
+    // Only sysfs is ever looked at: a caller's path elsewhere (a hung network mount, a FIFO)
+    // is refused before it is touched, so validation cannot block the VMM thread.
+    let in_sysfs = cfg.path.strip_prefix("/sys").ok().filter(|rest| {
+        !rest.as_os_str().is_empty() && rest.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+    });
+    let under_root = roots.sys.join(in_sysfs.ok_or_else(|| VfioError::NotPciDevice { path: shown.clone() })?);
     let path = under_root.canonicalize().map_err(|_| VfioError::NotPciDevice { path: shown.clone() })?;
     if !path.join("config").is_file() || !path.starts_with(roots.sys.join("devices")) {
         return Err(VfioError::NotPciDevice { path: shown });
@@ -173,19 +182,32 @@ impl DeviceMmio for BarRouter {
 
 /// Whether guest RAM is DMA-mapped yet: mapping runs on its own thread while the guest boots.
 struct DmaGate {
-    state: Mutex<Option<Result<(), String>>>,
+    /// `(generation, outcome)`: a mapping started for an earlier container (before a
+    /// [`reset`](Self::reset)) finishes without touching the current state.
+    state: Mutex<(u64, Option<Result<(), String>>)>,
+    /// When the current generation's mapping finished.
+    mapped: Mutex<Option<Milestone>>,
     /// Signalled when mapping finishes: the VMM thread then applies deferred bus mastering.
     done: EventFd,
 }
 
 impl DmaGate {
     fn new() -> std::io::Result<Self> {
-        Ok(Self { state: Mutex::new(None), done: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self { state: Mutex::new((0, None)), mapped: Mutex::new(None), done: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
-    fn set(&self, result: Result<(), String>) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = Some(result);
+    /// The generation a mapping started now reports with.
+    fn generation(&self) -> u64 {
+        self.state.lock().map(|s| s.0).unwrap_or(u64::MAX)
+    }
+
+    fn set(&self, generation: u64, result: Result<(), String>) {
+        match self.state.lock() {
+            Ok(mut s) if s.0 == generation => s.1 = Some(result),
+            _ => return,
+        }
+        if let Ok(mut m) = self.mapped.lock() {
+            *m = Some(Milestone::now());
         }
         if let Err(e) = self.done.write(1) {
             log::error!("cannot tell the VMM thread that DMA mapping finished: {e}");
@@ -195,12 +217,15 @@ impl DmaGate {
     /// Back to "not mapped" (the container lost its mappings with its last group).
     fn reset(&self) {
         if let Ok(mut s) = self.state.lock() {
-            *s = None;
+            *s = (s.0.wrapping_add(1), None);
+        }
+        if let Ok(mut m) = self.mapped.lock() {
+            *m = None;
         }
     }
 
     fn state(&self) -> DmaState {
-        match self.state.lock().map(|s| s.clone()) {
+        match self.state.lock().map(|s| s.1.clone()) {
             Ok(None) => DmaState::Pending,
             Ok(Some(Ok(()))) => DmaState::Ready,
             Ok(Some(Err(e))) => DmaState::Failed(e),
@@ -295,6 +320,11 @@ impl KvmPlatform {
     }
 
     /// An eventfd signalled each time DMA mapping of guest RAM finishes.
+    /// When guest RAM finished being DMA-mapped into the current container.
+    pub fn dma_mapped(&self) -> Option<Milestone> {
+        self.dma.mapped.lock().ok().and_then(|m| *m)
+    }
+
     pub fn dma_done_fd(&self) -> std::io::Result<EventFd> {
         self.dma.done.try_clone()
     }
@@ -444,6 +474,8 @@ pub struct AttachedDevice {
     pub device: Arc<Mutex<VfioPciDevice>>,
     /// BAR placements from the allocator, to give back on detach.
     bars: Vec<(u64, u64, BarRegion)>,
+    /// When the host finished opening it (the open includes the host's reset of the function).
+    pub opened: Milestone,
 }
 
 impl AttachedDevice {
@@ -459,9 +491,18 @@ pub struct VfioManager {
     kvm_vfio: Arc<VfioDeviceFd>,
     platform: Arc<KvmPlatform>,
     pub devices: Vec<AttachedDevice>,
-    /// The thread DMA-mapping guest RAM (started with the first device).
-    dma_mapper: Option<std::thread::JoinHandle<()>>,
+    /// Whether guest RAM is mapped, or being mapped, into `container` (by a `vfio-dma` thread
+    /// started with the first device). Nobody waits for that thread: it holds the container
+    /// and the guest memory it maps, so it may outlive a container the VMM replaced.
+    dma_started: bool,
+    /// Opens, resets and closes host devices with a bound (`host_worker.rs`).
+    worker: HostWorker,
 }
+
+/// How long the VMM waits for the host to open a device (which resets it).
+const OPEN_BOUND: Duration = Duration::from_secs(20);
+/// How long the VMM waits for the host to reset and close a device.
+const CLOSE_BOUND: Duration = Duration::from_secs(10);
 
 impl VfioManager {
     pub fn new(vm: &VmFd, platform: Arc<KvmPlatform>) -> Result<Self, VfioError> {
@@ -469,7 +510,9 @@ impl VfioManager {
         let kvm_vfio = vm.create_device(&mut desc).map_err(VfioError::KvmVfioDevice)?;
         let kvm_vfio = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
         let container = VfioContainer::new(Some(kvm_vfio.clone())).map_err(|e| VfioError::Container(e.to_string()))?;
-        Ok(Self { container: Arc::new(container), kvm_vfio, platform, devices: Vec::new(), dma_mapper: None })
+        let worker = HostWorker::spawn(crate::seccomp::hook(crate::seccomp::ThreadRole::HostWorker))
+            .map_err(|e| VfioError::Container(e.to_string()))?;
+        Ok(Self { container: Arc::new(container), kvm_vfio, platform, devices: Vec::new(), dma_started: false, worker })
     }
 
     /// Opens `host`, places its BARs, plugs it into the PCI bus and maps guest RAM for DMA.
@@ -485,6 +528,7 @@ impl VfioManager {
         let path = host.path.display().to_string();
         let setup = |reason: String| VfioError::Setup { path: path.clone(), reason };
         let backend = self.open(&host, memory, request)?;
+        let opened = Milestone::now();
         let bars = discover_bars(backend.as_ref());
         let mut placed: Vec<(u64, u64, BarRegion)> = Vec::new();
         let result = (|| {
@@ -523,7 +567,7 @@ impl VfioManager {
             }
         };
         log::info!("{}: {} at guest {}", host.id, host.bdf, format_args!("0000:00:{slot:02x}.0"));
-        self.devices.push(AttachedDevice { host, slot, device, bars: placed });
+        self.devices.push(AttachedDevice { host, slot, device, bars: placed, opened });
         Ok(self.devices.last().expect("just pushed"))
     }
 
@@ -532,31 +576,32 @@ impl VfioManager {
     /// guest boots (or while a paused VM re-acquires), and devices wait for it before they may
     /// master the bus.
     fn ensure_dma_mapping(&mut self, memory: &GuestMemory) -> Result<(), VfioError> {
-        if self.dma_mapper.is_some() {
+        if self.dma_started {
             return Ok(());
         }
         let (container, platform, memory) = (self.container.clone(), self.platform.clone(), memory.clone());
-        let mapper = std::thread::Builder::new()
+        let generation = platform.dma.generation();
+        std::thread::Builder::new()
             .name("vfio-dma".into())
             .spawn(move || {
                 if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::DmaMapper) {
-                    platform.dma.set(Err(e.to_string()));
+                    platform.dma.set(generation, Err(e.to_string()));
                     return;
                 }
                 let started = std::time::Instant::now();
-                // SAFETY: guest memory stays mapped for the life of the VM, which outlives
-                // the container (the VMM joins this thread and drops devices and the
-                // container before the memory); guest and device share it as DMA memory,
-                // which is what it is for.
+                // SAFETY: the regions mapped are this thread's clone of the guest memory,
+                // reference-counted: they stay mapped while the container (also held here)
+                // may use them, even if the VM is torn down first; guest and device share them
+                // as DMA memory, which is what they are for.
                 let result = unsafe { container.vfio_map_guest_memory(&memory) }.map_err(|e| e.to_string());
                 match &result {
                     Ok(()) => log::info!("guest RAM DMA-mapped in {} ms", started.elapsed().as_millis()),
                     Err(e) => log::error!("cannot DMA-map guest memory for VFIO: {e}"),
                 }
-                platform.dma.set(result);
+                platform.dma.set(generation, result);
             })
             .map_err(|e| VfioError::DmaMap(e.to_string()))?;
-        self.dma_mapper = Some(mapper);
+        self.dma_started = true;
         Ok(())
     }
 
@@ -570,13 +615,21 @@ impl VfioManager {
     ) -> Result<Arc<RealVfio>, VfioError> {
         let started = std::time::Instant::now();
         let open_err = |e: String| VfioError::Open { path: host.path.display().to_string(), reason: e };
-        let alias = alias_dir()
-            .and_then(|dir| pci::vfio::backend::DeviceAlias::create(&dir, &host.bdf, host.group))
-            .map_err(|e| open_err(format!("cannot create its private sysfs stand-in: {e}")))?;
-        let vfio = VfioDevice::new(alias.path(), self.container.clone(), false).map_err(|e| open_err(e.to_string()))?;
+        let (bdf, group, container) = (host.bdf.clone(), host.group, self.container.clone());
+        let backend = self
+            .worker
+            .run(&format!("opening {bdf}"), OPEN_BOUND, move || {
+                let alias = alias_dir()
+                    .and_then(|dir| pci::vfio::backend::DeviceAlias::create(&dir, &bdf, group))
+                    .map_err(|e| format!("cannot create its private sysfs stand-in: {e}"))?;
+                let vfio = VfioDevice::new(alias.path(), container, false).map_err(|e| e.to_string())?;
+                Ok::<_, String>(RealVfio::new(Arc::new(vfio), Some(alias)))
+            })
+            .map_err(|reason| VfioError::HostBusy { path: host.path.display().to_string(), reason })?
+            .map_err(open_err)?;
         log::debug!("{}: opened in {} ms", host.id, started.elapsed().as_millis());
         self.ensure_dma_mapping(memory)?;
-        let backend = Arc::new(RealVfio::new(Arc::new(vfio), Some(alias)));
+        let backend = Arc::new(backend);
         if let Some(fd) = request {
             if let Err(e) = pci::vfio::VfioBackend::enable_request_irq(backend.as_ref(), fd) {
                 log::warn!("{}: the host cannot ask for it back: {e}", host.id);
@@ -599,8 +652,9 @@ impl VfioManager {
         let backend =
             d.device.lock().map_err(|_| "device lock poisoned".to_string())?.release().map_err(|e| e.to_string())?;
         // The last reference to the VFIO device: dropping it closes the device and group fds.
-        drop(backend);
-        log::info!("{}: {} released to the host", d.host.id, d.host.bdf);
+        let (id, bdf) = (d.host.id.clone(), d.host.bdf.clone());
+        self.close_on_host(&id, &bdf, backend, false);
+        log::info!("{id}: {bdf} released to the host");
         self.forget_dma_if_unbound();
         Ok(())
     }
@@ -638,11 +692,20 @@ impl VfioManager {
     /// Takes the device in `slot` out of the VM (after the guest ejected it): quiesced, reset,
     /// unplugged, its BARs given back and its VFIO fds closed, so the host has it back. When
     /// the last device goes, the container loses its DMA mappings; the next attach maps again.
-    pub fn detach(&mut self, slot: u8, bus: &RwLock<PciBus>, allocator: &Mutex<BarAllocator>) -> Option<HostDevice> {
+    /// Returns the host device and the milestones of the teardown.
+    pub fn detach(
+        &mut self,
+        slot: u8,
+        bus: &RwLock<PciBus>,
+        allocator: &Mutex<BarAllocator>,
+    ) -> Option<(HostDevice, Vec<(&'static str, Milestone)>)> {
         let index = self.devices.iter().position(|d| d.slot == slot)?;
         let d = self.devices.remove(index);
-        if let Ok(mut dev) = d.device.lock() {
-            dev.shutdown();
+        let backend = d.device.lock().ok().and_then(|mut dev| dev.take_down());
+        let mut milestones = vec![("MSI-X off and BARs unmapped", Milestone::now())];
+        if let Some(backend) = backend {
+            self.close_on_host(&d.host.id, &d.host.bdf, backend, true);
+            milestones.push(("VF reset and closed: free on the host", Milestone::now()));
         }
         if let Ok(mut b) = bus.write() {
             b.remove_device(slot);
@@ -656,7 +719,7 @@ impl VfioManager {
         drop(d);
         self.forget_dma_if_unbound();
         log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
-        Some(host)
+        Some((host, milestones))
     }
 
     /// With no device bound the container has no group and no DMA mappings: it is replaced by
@@ -670,9 +733,7 @@ impl VfioManager {
     fn forget_dma_if_unbound(&mut self) {
         let bound = self.devices.iter().any(|d| d.device.lock().map(|dev| !dev.is_released()).unwrap_or(true));
         if !bound {
-            if let Some(mapper) = self.dma_mapper.take() {
-                let _ = mapper.join();
-            }
+            self.dma_started = false;
             self.platform.dma.reset();
             match VfioContainer::new(Some(self.kvm_vfio.clone())) {
                 Ok(c) => self.container = Arc::new(c),
@@ -681,24 +742,39 @@ impl VfioManager {
         }
     }
 
-    /// Quiesces and releases every device (MSI-X off, BARs unmapped, function reset).
+    /// Quiesces and releases every device (MSI-X off and BARs unmapped, function reset).
     pub fn shutdown(&mut self) {
         self.shutdown_devices();
         remove_alias_dir();
     }
 
     fn shutdown_devices(&mut self) {
-        if let Some(mapper) = self.dma_mapper.take() {
-            let _ = mapper.join();
-        }
-        for d in self.devices.drain(..) {
-            if let Ok(mut dev) = d.device.lock() {
-                for (bar, n) in dev.forwarded_accesses() {
-                    log::info!("{} BAR{bar}: {n} trapped accesses forwarded to the device", d.host.id);
-                }
-                dev.shutdown();
-                log::info!("{}: {} quiesced, reset and released", d.host.id, d.host.bdf);
+        for d in std::mem::take(&mut self.devices) {
+            let Ok(mut dev) = d.device.lock() else { continue };
+            for (bar, n) in dev.forwarded_accesses() {
+                log::info!("{} BAR{bar}: {n} trapped accesses forwarded to the device", d.host.id);
             }
+            if let Some(backend) = dev.take_down() {
+                drop(dev);
+                self.close_on_host(&d.host.id, &d.host.bdf, backend, true);
+            }
+            log::info!("{}: {} quiesced, reset and released", d.host.id, d.host.bdf);
+        }
+    }
+
+    /// Resets (if `reset`) and closes a host device that nothing maps any more on the
+    /// `vfio-host` thread, waiting at most [`CLOSE_BOUND`]. Past the bound the VMM goes on: the
+    /// host gets the device when its kernel finishes.
+    fn close_on_host(&self, id: &str, bdf: &str, backend: Arc<dyn pci::vfio::VfioBackend>, reset: bool) {
+        let what = if reset { format!("resetting and closing {bdf}") } else { format!("closing {bdf}") };
+        let closed = self.worker.run(&what, CLOSE_BOUND, move || {
+            if reset {
+                backend.reset();
+            }
+            drop(backend);
+        });
+        if let Err(e) = closed {
+            log::error!("{id}: {e}");
         }
     }
 }
@@ -763,6 +839,25 @@ mod tests {
         assert!(e.contains("IOMMU group 10 is not viable: 0000:02:00.1 is bound to e1000e"), "{e}");
         std::fs::remove_file(roots.dev.join("vfio/8")).unwrap();
         assert!(err("0000:01:10.0").contains("/dev/vfio/8 is missing"));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    /// Validation only ever touches sysfs: a caller's path anywhere else is refused before it
+    /// is looked at (it could be a hung mount), even a complete device tree.
+    #[test]
+    fn paths_outside_sysfs_are_refused_untouched() {
+        let (base, roots) = tree();
+        let real = roots.sys.join("devices/pci0000:00/0000:01:10.0");
+        assert!(real.join("config").is_file());
+        for path in [
+            real.clone(),
+            PathBuf::from("/sys/bus/pci/devices/../../../tmp/0000:01:10.0"),
+            PathBuf::from("/sys"),
+            PathBuf::from("bus/pci/devices/0000:01:10.0"),
+        ] {
+            let e = validate_device(&roots, &DeviceConfig { path: path.clone(), id: None }, 0).unwrap_err();
+            assert!(matches!(e, VfioError::NotPciDevice { .. }), "{}: {e}", path.display());
+        }
         let _ = std::fs::remove_dir_all(base);
     }
 

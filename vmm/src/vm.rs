@@ -108,6 +108,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Boot's timeline so far (`vm.info` shows it; the rest is marked as boot goes on).
+    pub fn set_boot_timeline(&mut self, boot: crate::timeline::Timeline) {
+        if let Ok(mut h) = self.hotplug.lock() {
+            h.timings.boot = Some(boot);
+        }
+    }
+
+    fn mark_boot(&self, name: &str) {
+        if let Some(boot) = self.hotplug.lock().ok().as_mut().and_then(|h| h.timings.boot.as_mut()) {
+            boot.mark(name);
+        }
+    }
+
     fn config_json(&self) -> serde_json::Value {
         serde_json::json!({
             "cpus": { "boot_vcpus": self.config.cpus },
@@ -180,6 +193,7 @@ impl Vm {
         };
 
         log::info!("VM set up in {} ms; starting {} vCPU(s)", crate::process_age_ms(), vcpus.len());
+        self.mark_boot("vCPUs created");
         let mut handles = Vec::with_capacity(vcpus.len());
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             match VcpuHandle::spawn(id as u8, vcpu, shared.clone()) {
@@ -209,6 +223,10 @@ impl Vm {
 
         for (id, c) in vcpu_set.stop() {
             log::info!("vcpu{id} exits: {}", c.summary());
+        }
+        if let Some(mut boot) = self.hotplug.lock().ok().and_then(|h| h.timings.boot.clone()) {
+            crate::timeline::add_boot_milestones(&mut boot);
+            log::info!("timing boot: {}", boot.summary());
         }
         // Devices go after the vCPUs, on this (the VMM) thread.
         if let Ok(mut hotplug) = self.hotplug.lock() {

@@ -21,6 +21,7 @@ use crate::bus::PciDevice;
 use crate::configuration::{merge_bytes, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
 use crate::msi::MsiCapability;
 use crate::msix::MsixLayout;
+use devices::timing::Milestone;
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -181,6 +182,34 @@ pub struct VfioPciDevice {
     pub(super) decode: bool,
     /// Pause/release state (see `lifecycle.rs`).
     pub(super) life: super::lifecycle::Lifecycle,
+    /// When the guest first enabled each part of the device (for attach timings).
+    pub(super) milestones: GuestMilestones,
+}
+
+/// The first time the guest's driver enabled each part of the device.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestMilestones {
+    pub memory_enabled: Option<Milestone>,
+    pub msix_enabled: Option<Milestone>,
+    pub bus_master: Option<Milestone>,
+}
+
+impl GuestMilestones {
+    pub(super) fn reach(slot: &mut Option<Milestone>) {
+        slot.get_or_insert_with(Milestone::now);
+    }
+
+    /// `(what, when)` of those reached.
+    pub fn reached(&self) -> Vec<(&'static str, Milestone)> {
+        [
+            ("guest enabled memory decoding", self.memory_enabled),
+            ("guest enabled MSI-X", self.msix_enabled),
+            ("device got bus mastering", self.bus_master),
+        ]
+        .into_iter()
+        .filter_map(|(what, m)| Some((what, m?)))
+        .collect()
+    }
 }
 
 impl VfioPciDevice {
@@ -280,7 +309,13 @@ impl VfioPciDevice {
             msi,
             decode: false,
             life: Default::default(),
+            milestones: GuestMilestones::default(),
         })
+    }
+
+    /// When the guest first enabled decoding, MSI-X and bus mastering.
+    pub fn milestones(&self) -> GuestMilestones {
+        self.milestones
     }
 
     /// Whether the guest has enabled the function (memory decoding, MSI-X or MSI).
@@ -374,14 +409,23 @@ impl VfioPciDevice {
         }
     }
 
-    /// Removes the device from the VM: MSI-X off, BARs unmapped, the function reset.
+    /// Removes the device from the VM: MSI-X off and BARs unmapped, the function reset.
     pub fn shutdown(&mut self) {
+        if let Some(backend) = self.take_down() {
+            backend.reset();
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) up to the reset: the guest's view of the device is gone and
+    /// the host device is returned for the caller to reset and drop (which closes it) — work
+    /// that waits for the device, done where it cannot hold up the VMM. `None` if released.
+    pub fn take_down(&mut self) -> Option<Arc<dyn VfioBackend>> {
         self.for_each_routing(|r| r.shutdown());
         for i in 0..self.mappings.len() {
             self.unmap_bar(i);
         }
         self.decode = false;
-        self.backend.reset();
+        self.binding.replace(None)
     }
 }
 
@@ -448,6 +492,9 @@ impl PciDevice for VfioPciDevice {
             if let Some(merged) = self.merged_write(reg, offset, data).filter(|_| offset + data.len() as u64 > 2) {
                 if let Some(Ok(mut r)) = self.msix.as_ref().map(|(_, r)| r.lock()) {
                     r.set_control((merged >> 16) as u16);
+                    if r.state.enabled() {
+                        GuestMilestones::reach(&mut self.milestones.msix_enabled);
+                    }
                 }
             }
             return;
@@ -464,12 +511,18 @@ impl PciDevice for VfioPciDevice {
         if reg == REG_COMMAND_STATUS && offset == 0 {
             if let Some(first) = data.first_mut() {
                 self.filter_bus_master(first);
+                if *first & COMMAND_BUS_MASTER as u8 != 0 {
+                    GuestMilestones::reach(&mut self.milestones.bus_master);
+                }
             }
         }
         self.device_config_write(reg, offset, &data);
         if reg == REG_COMMAND_STATUS && offset < 2 {
             let command = self.device_config_read(REG_COMMAND_STATUS) as u16;
             self.set_decode(command & COMMAND_MEMORY_SPACE != 0);
+            if self.decode {
+                GuestMilestones::reach(&mut self.milestones.memory_enabled);
+            }
         }
     }
 }

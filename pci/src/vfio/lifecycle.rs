@@ -117,6 +117,7 @@ impl VfioPciDevice {
             DmaState::Ready => {
                 let command = self.backend.config_read_u32(REG_COMMAND_STATUS) as u16;
                 self.write_command(command | COMMAND_BUS_MASTER);
+                super::device::GuestMilestones::reach(&mut self.milestones.bus_master);
             }
             DmaState::Failed(e) => {
                 devices::warn_guest!("bus mastering stays off: guest memory is not DMA-mapped: {e}")

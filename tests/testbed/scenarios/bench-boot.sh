@@ -12,7 +12,10 @@
 #           (its /dev/vfio group can be opened again)
 #   RECONF_PAUSE / RECONF_DETACH: reconfiguring one vfvmm VM's PF by pause vs by detach (below)
 #   MULTI_*  vfctl reconfigure of two VMs, pause vs detach mode (below)
-# Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms).
+# Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms), and
+# $RESULTS/bench-phases.txt: vfvmm's own timings of BOOT, ATTACH and DETACH by phase,
+# "<timeline>\t<round>\t<phase>\t<ms>" (from its RUST_LOG=info "timing boot:" line and from
+# vm.info's timings), plus the rest of each figure that lies outside vfvmm's timeline.
 set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -24,7 +27,22 @@ TESTBED_ECHO=0
 APPEND="console=ttyS0 panic=-1 quiet"
 VF0=0000:01:10.0
 out=$RESULTS/bench-boot.txt
+phases_out=$RESULTS/bench-phases.txt
 : > "$out"
+: > "$phases_out"
+
+# timing_phases TIMELINE ROUND LINE: vfvmm's "a +1 ms; b +2 ms [ecam=3]; ..." -> phase lines in
+# $phases_out; prints the phases' sum (ms).
+timing_phases() {
+    printf '%s\n' "$3" | tr ';' '\n' | sed -E 's/^ +//; s/ \[[^]]*\]$//' | awk -v t="$1" -v r="$2" -v out="$phases_out" '
+        match($0, / \+[0-9]+ ms$/) {
+            name = substr($0, 1, RSTART - 1); ms = substr($0, RSTART + 2) + 0
+            printf "%s\t%s\t%s\t%d\n", t, r, name, ms >> out; sum += ms
+        }
+        END { print sum + 0 }'
+}
+# rest_phase TIMELINE ROUND TOTAL SUM NAME: what the figure has beyond vfvmm's timeline.
+rest_phase() { [[ $3 =~ ^[0-9]+$ ]] && printf '%s\t%s\t%s\t%d\n' "$1" "$2" "$5" $(($3 - $4)) >> "$phases_out"; }
 
 vfvmm_cmd() { echo "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus boot=1 --memory size=256M; }
 qemu_cmd() {
@@ -37,8 +55,11 @@ section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
 section boot && for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
-    run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
-    echo "BOOT vfvmm $round $(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    RUST_LOG=info run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
+    boot_ms=$(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)
+    echo "BOOT vfvmm $round $boot_ms" | tee -a "$out"
+    sum=$(timing_phases boot "$round" "$(sed -n 's/.*timing boot: //p' "$RESULTS/boot-vfvmm-$round.err" | tail -n 1)")
+    rest_phase boot "$round" "$boot_ms" "$sum" "guest: to /init (after the last milestone)"
     # shellcheck disable=SC2046
     run_vmm "boot-qemu-$round" 300 -- $(qemu_cmd) -append "$APPEND l2.action=poweroff" || true
     echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
@@ -230,13 +251,25 @@ hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD -- DETACH-CMD: each CMD
         wait_for_marker "$name" "L2-HOTPLUG-PING round=$round" 300 || return
         t1=$(marker_ns "$name" "L2-HOTPLUG-BOUND round=$round")
         echo "ATTACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
+        [[ $vmm == vfvmm ]] && vfvmm_phases attach "$round" $(((t1 - t0) / 1000000)) "rest: API client; guest driver until bound"
         t0=$(now_ns)
         eval "$detach"
         t1=$(vf_free_ns) && echo "DETACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
+        [[ $vmm == vfvmm ]] && vfvmm_phases detach "$round" $(((t1 - t0) / 1000000)) "rest: API client; VF seen free by the poll"
         wait_for_marker "$name" "L2-HOTPLUG-GONE round=$round" 120 || return
     done
 }
 SOCK=/tmp/bench-vfvmm.sock
+# vfvmm_phases attach|detach ROUND TOTAL REST-NAME: the last attach/detach's phases from vm.info.
+vfvmm_phases() {
+    local line sum
+    line=$("$VFCTL" --api-socket "$SOCK" --json info | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["timings"]["last_" + sys.argv[1]] or {"phases": []}
+print("; ".join("%s +%d ms" % (p["phase"], p["ms"]) for p in t["phases"]))' "$1")
+    sum=$(timing_phases "$1" "$2" "$line")
+    rest_phase "$1" "$2" "$3" "$sum" "$4"
+}
 # shellcheck disable=SC2046
 vmm_start hp-vfvmm 900 -- $(vfvmm_cmd) --api-socket "path=$SOCK" --cmdline "$HPARGS"
 hotplug_rounds hp-vfvmm vfvmm "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""make bench's report: the medians and vfvmm/QEMU ratios of every figure, vfvmm's phase
+tables (boot, hot-attach, hot-detach), a CSV of every run and a PNG chart, and the change
+since the previous `make bench` (kept in PREVIOUS_DIR).
+
+usage: bench_report.py RESULTS_DIR SECTION PREVIOUS_DIR
+  RESULTS_DIR/bench-boot.txt    "<KIND> <vmm> <round> <ms>" lines
+  RESULTS_DIR/bench-phases.txt  "<timeline>\t<round>\t<phase>\t<ms>" lines (vfvmm's timings)
+writes RESULTS_DIR/bench.csv, bench-phases.csv, bench.png; copies them to PREVIOUS_DIR.
+"""
+import csv
+import os
+import shutil
+import statistics
+import sys
+
+results, section, previous_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+
+LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", "RTT": "ping RTT via the VF (ms)",
+          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
+          "DETACH": "hot-detach -> VF free on host (ms)"}
+SECTIONS = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
+            "multi": set()}
+# Which timeline breaks which figure down.
+PHASES_OF = {"BOOT": "boot", "ATTACH": "attach", "DETACH": "detach"}
+
+
+def read_runs(path):
+    runs = {}
+    if os.path.exists(path):
+        for line in open(path):
+            parts = line.split()
+            if len(parts) == 4 and parts[3] not in ("NA", ""):
+                runs.setdefault((parts[0], parts[1]), []).append(float(parts[3]))
+    return runs
+
+
+def read_phases(path):
+    """{timeline: {phase: [ms per round]}} with phases in first-seen order."""
+    phases = {}
+    if os.path.exists(path):
+        for line in open(path):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 4:
+                timeline, _round, phase, ms = parts
+                phases.setdefault(timeline, {}).setdefault(phase, []).append(float(ms))
+    return phases
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def change(now, before):
+    if now is None or before is None or before == 0:
+        return ""
+    return f"  (previous {before:.0f}, {100 * (now - before) / before:+.0f} %)"
+
+
+runs = read_runs(os.path.join(results, "bench-boot.txt"))
+phases = read_phases(os.path.join(results, "bench-phases.txt"))
+before_runs = read_runs(os.path.join(previous_dir, "bench-boot.txt"))
+before_phases = read_phases(os.path.join(previous_dir, "bench-phases.txt"))
+missing = False
+optional = {"BOOTELF"}
+only = set(LABELS) if section == "all" else SECTIONS[section]
+
+# Reconfiguring one vfvmm VM's PF (VF count through 0): by pause vs by detach.
+if section in ("all", "reconf"):
+    for kind, label in (("RECONF_PAUSE", "reconfigure by pause (ms)"), ("RECONF_DETACH", "reconfigure by detach (ms)"),
+                        ("RP_PAUSE", "  pause: pause + release"), ("RP_NUMVFS", "  pause: VFs re-created"),
+                        ("RP_RESUME", "  pause: resume + re-acquire"), ("RP_GUEST", "  pause: guest traffic back")):
+        vals = runs.get((kind, "vfvmm"))
+        print(f"{label:30s} vfvmm  runs={vals} median={median(vals):.0f}" if vals else f"{label:30s} vfvmm  no runs")
+    p, d = runs.get(("RECONF_PAUSE", "vfvmm")), runs.get(("RECONF_DETACH", "vfvmm"))
+    if p and d:
+        print(f"{'reconfigure':30s} ratio pause/detach = {median(p) / median(d):.2f}")
+    else:
+        missing = True
+# vfctl reconfigure of two VMs (2 -> 4 VFs): pause vs detach mode.
+if section in ("all", "multi"):
+    for kind, label in (("MULTI_PAUSE", "2 VMs, reconfigure --mode pause (ms)"),
+                        ("MULTI_DETACH", "2 VMs, reconfigure --mode detach (ms)"),
+                        ("MULTI_PAUSE_DOWN", "  pause: a VM's downtime (ms)"),
+                        ("MULTI_DETACH_DOWN", "  detach: a VM's downtime (ms)")):
+        vals = runs.get((kind, "vfvmm"))
+        print(f"{label:38s} runs={vals} median={median(vals):.0f}" if vals else f"{label:38s} no runs")
+    for total, label in (("MULTI_PAUSE", "total"), ("MULTI_PAUSE_DOWN", "downtime")):
+        p, d = runs.get((total, "vfvmm")), runs.get((total.replace("PAUSE", "DETACH"), "vfvmm"))
+        if p and d:
+            print(f"{'2 VMs, ' + label:38s} ratio pause/detach = {median(p) / median(d):.2f}")
+        else:
+            missing = True
+
+for kind, label in LABELS.items():
+    if kind not in only:
+        continue  # a section of its own was asked for: the others did not run
+    v, q = runs.get((kind, "vfvmm")), runs.get((kind, "qemu"))
+    for vmm, vals in (("vfvmm", v), ("qemu", q)):
+        if vals:
+            was = median(before_runs.get((kind, vmm), []))
+            print(f"{label:30s} {vmm:6s} runs={vals} median={median(vals):.2f}{change(median(vals), was)}")
+        else:
+            print(f"{label:30s} {vmm:6s} no runs")
+    if v and q:
+        print(f"{label:30s} ratio vfvmm/qemu = {median(v) / median(q):.2f}")
+    elif kind not in optional:
+        missing = True
+
+# vfvmm's phase tables: the median of each phase over the rounds.
+for kind, timeline in PHASES_OF.items():
+    table = phases.get(timeline)
+    if kind not in only or not table:
+        continue
+    total = median(runs.get((kind, "vfvmm"), []))
+    print(f"\n{LABELS[kind]} -- vfvmm, by phase (median of {max(len(v) for v in table.values())} runs)")
+    for phase, vals in table.items():
+        m = median(vals)
+        share = f"{100 * m / total:5.1f} %" if total else ""
+        was = median(before_phases.get(timeline, {}).get(phase, []))
+        print(f"  {phase:48s} {m:9.0f} ms {share}{change(m, was)}")
+    if total:
+        print(f"  {'total (' + kind + ')':48s} {total:9.0f} ms")
+
+# Every run, as CSV.
+with open(os.path.join(results, "bench.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["metric", "vmm", "round", "ms"])
+    for line in open(os.path.join(results, "bench-boot.txt")):
+        parts = line.split()
+        if len(parts) == 4:
+            w.writerow(parts)
+with open(os.path.join(results, "bench-phases.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["timeline", "round", "phase", "ms"])
+    if os.path.exists(os.path.join(results, "bench-phases.txt")):
+        for line in open(os.path.join(results, "bench-phases.txt")):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 4:
+                w.writerow(parts)
+
+
+def chart(path):
+    """Bars per figure, vfvmm beside QEMU (and the previous run's vfvmm), vfvmm's bar split into
+    its phases where it has them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in LABELS if k in only and k != "RTT" and runs.get((k, "vfvmm"))]
+    if not kinds:
+        return False
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 7.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        bars = [("vfvmm", median(runs.get((kind, "vfvmm"), [])))]
+        if runs.get((kind, "qemu")):
+            bars.append(("QEMU", median(runs[(kind, "qemu")])))
+        if before_runs.get((kind, "vfvmm")):
+            bars.append(("vfvmm\nprevious", median(before_runs[(kind, "vfvmm")])))
+        table = phases.get(PHASES_OF.get(kind, ""), {})
+        for x, (name, value) in enumerate(bars):
+            if name == "vfvmm" and table:
+                bottom = 0.0
+                for phase, vals in table.items():
+                    m = median(vals)
+                    ax.bar(x, m, bottom=bottom, label=phase)
+                    bottom += m
+                if value > bottom:
+                    ax.bar(x, value - bottom, bottom=bottom, color="lightgrey", label="rest (outside vfvmm's timeline)")
+            else:
+                ax.bar(x, value, color="grey" if name == "QEMU" else "silver")
+            ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars])
+        ax.set_title(LABELS[kind], fontsize=9)
+        if table:
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.suptitle("make bench: medians in the nested testbed (ms; lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+try:
+    if chart(os.path.join(results, "bench.png")):
+        print(f"\nchart: {os.path.join(results, 'bench.png')}")
+except ImportError as e:
+    print(f"bench: no chart ({e})", file=sys.stderr)
+print(f"every run: {os.path.join(results, 'bench.csv')}, {os.path.join(results, 'bench-phases.csv')}")
+
+# This run becomes the previous one for the next make bench (only a complete one).
+if not missing:
+    os.makedirs(previous_dir, exist_ok=True)
+    for name in ("bench-boot.txt", "bench-phases.txt", "bench.csv", "bench-phases.csv", "bench.png"):
+        src = os.path.join(results, name)
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(previous_dir, name))
+if missing:
+    sys.exit("bench: missing runs, see the results directory")

@@ -17,12 +17,12 @@ import sys
 results, section, previous_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 
 LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", "RTT": "ping RTT via the VF (ms)",
-          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
+          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "BOOTHP": "boot-to-init, huge pages (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
           "DETACH": "hot-detach -> VF free on host (ms)"}
-SECTIONS = {"boot": {"BOOT", "BOOTELF"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
+SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
             "multi": set()}
 # Which timeline breaks which figure down.
-PHASES_OF = {"BOOT": "boot", "ATTACH": "attach", "DETACH": "detach"}
+PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "ATTACH": "attach", "DETACH": "detach"}
 
 
 def read_runs(path):

@@ -65,3 +65,18 @@ fn reboot_exits_with_the_documented_code() {
     assert_has(run, name, "L2-ACTION reboot");
     assert_eq!(run.rc(name), Some(vmm::exit_code::GUEST_RESET), "stderr: {}", run.stderr(name));
 }
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn guest_ram_in_huge_pages_boots_and_is_refused_with_the_fix_when_none_are_free() {
+    let run = suite();
+    assert_eq!(run.rc("boot-hugepages-none"), Some(vmm::exit_code::ERROR));
+    let err = run.stderr("boot-hugepages-none");
+    assert!(err.contains("in 2 MiB huge pages") && err.contains("nr_hugepages"), "{err}");
+    assert!(run.markers("boot-hugepages-none").is_empty(), "no guest ran");
+    let name = "boot-hugepages";
+    assert!(run.markers(name).iter().any(|m| m.starts_with("L2-INIT-START uptime=")), "{:#?}", run.markers(name));
+    assert_has(run, name, "L2-ACTION shell");
+    // 256 MiB of guest RAM is 128 huge pages (faulted in or reserved for the VM).
+    assert_eq!(run.file("hugepages-in-use.txt").trim(), "held=128", "stderr: {}", run.stderr(name));
+}

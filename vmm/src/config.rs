@@ -34,6 +34,10 @@ pub enum ConfigError {
     InvalidSize(String),
     #[error("--memory: size={0} is too small (at least 2M)")]
     MemoryTooSmall(String),
+    #[error("--memory: hugepages={0} is not on or off")]
+    InvalidHugepages(String),
+    #[error("--memory: size={0} is not a whole number of 2 MiB huge pages")]
+    HugepageMultiple(String),
     #[error("--serial: '{0}' is not tty, off or file=PATH")]
     InvalidSerial(String),
     #[error("--kernel: cannot read '{path}': {reason}")]
@@ -72,8 +76,9 @@ pub struct Cli {
     /// vCPUs: boot=N (default 1).
     #[arg(long, value_name = "boot=N")]
     pub cpus: Option<String>,
-    /// Guest RAM: size=SIZE with K/M/G/T suffix (default 512M).
-    #[arg(long, value_name = "size=SIZE")]
+    /// Guest RAM: size=SIZE with K/M/G/T suffix (default 512M); hugepages=on backs it with
+    /// 2 MiB huge pages (the host must have them free: /proc/sys/vm/nr_hugepages).
+    #[arg(long, value_name = "size=SIZE[,hugepages=on|off]")]
     pub memory: Option<String>,
     /// Serial console: tty (default), off, or file=PATH.
     #[arg(long, value_name = "tty|off|file=PATH")]
@@ -140,6 +145,8 @@ pub struct KernelConfig {
 pub struct VmConfig {
     pub cpus: u8,
     pub memory: u64,
+    /// Guest RAM in 2 MiB huge pages (hugetlbfs).
+    pub hugepages: bool,
     pub serial: SerialConfig,
     pub devices: Vec<DeviceConfig>,
     pub api_socket: Option<PathBuf>,
@@ -209,14 +216,23 @@ fn parse_cpus(value: &str) -> Result<u8, ConfigError> {
     }
 }
 
-fn parse_memory(value: &str) -> Result<u64, ConfigError> {
-    let pairs = key_values("memory", value, &["size"], "size=SIZE")?;
+/// `(size in bytes, hugepages)`.
+fn parse_memory(value: &str) -> Result<(u64, bool), ConfigError> {
+    let pairs = key_values("memory", value, &["size", "hugepages"], "size=SIZE[,hugepages=on|off]")?;
     let size = required("memory", &pairs, "size")?;
     let bytes = parse_size(size).ok_or_else(|| ConfigError::InvalidSize(size.to_string()))?;
     if bytes < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(size.to_string()));
     }
-    Ok(bytes)
+    let hugepages = match pairs.iter().find(|(k, _)| *k == "hugepages").map(|(_, v)| *v) {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => return Err(ConfigError::InvalidHugepages(other.to_string())),
+    };
+    if hugepages && !bytes.is_multiple_of(crate::memory::HUGE_PAGE_SIZE) {
+        return Err(ConfigError::HugepageMultiple(size.to_string()));
+    }
+    Ok((bytes, hugepages))
 }
 
 fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
@@ -294,7 +310,8 @@ impl Cli {
     /// Validates everything that can be checked before touching KVM.
     pub fn validate(&self) -> Result<(KernelConfig, VmConfig), ConfigError> {
         let cpus = self.cpus.as_deref().map(parse_cpus).transpose()?.unwrap_or(DEFAULT_CPUS);
-        let memory = self.memory.as_deref().map(parse_memory).transpose()?.unwrap_or(DEFAULT_MEMORY);
+        let (memory, hugepages) =
+            self.memory.as_deref().map(parse_memory).transpose()?.unwrap_or((DEFAULT_MEMORY, false));
         let serial = self.serial.as_deref().map(parse_serial).transpose()?.unwrap_or(SerialConfig::Tty);
         let devices = self.device.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
         for (i, d) in devices.iter().enumerate() {
@@ -349,6 +366,7 @@ impl Cli {
             VmConfig {
                 cpus,
                 memory,
+                hugepages,
                 serial,
                 devices,
                 api_socket,
@@ -429,7 +447,11 @@ mod tests {
         let (kc, vc) = validate(&["--kernel", p]).unwrap();
         assert_eq!(kc.format, KernelFormat::BzImage);
         assert_eq!(kc.cmdline, "");
-        assert_eq!((vc.cpus, vc.memory, vc.serial.clone()), (1, 512 << 20, SerialConfig::Tty));
+        assert_eq!((vc.cpus, vc.memory, vc.serial.clone(), vc.hugepages), (1, 512 << 20, SerialConfig::Tty, false));
+        let (_, vc) = validate(&["--kernel", p, "--memory", "size=256M,hugepages=on"]).unwrap();
+        assert_eq!((vc.memory, vc.hugepages), (256 << 20, true));
+        let (_, vc) = validate(&["--kernel", p, "--memory", "size=255M,hugepages=off"]).unwrap();
+        assert_eq!((vc.memory, vc.hugepages), (255 << 20, false));
 
         let (kc, vc) = validate(&[
             "--kernel",
@@ -515,6 +537,8 @@ mod tests {
             (vec!["--kernel", p, "--memory", "size=1M"], ConfigError::MemoryTooSmall("1M".into())),
             (vec!["--kernel", p, "--memory", "size=lots"], ConfigError::InvalidSize("lots".into())),
             (vec!["--kernel", p, "--memory", "size="], ConfigError::InvalidSize("".into())),
+            (vec!["--kernel", p, "--memory", "size=256M,hugepages=yes"], ConfigError::InvalidHugepages("yes".into())),
+            (vec!["--kernel", p, "--memory", "size=255M,hugepages=on"], ConfigError::HugepageMultiple("255M".into())),
             (
                 vec!["--kernel", p, "--memory", "256M"],
                 ConfigError::NotKeyValue { option: "memory", item: "256M".into() },

@@ -12,6 +12,10 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 pub enum MemoryError {
     #[error("cannot allocate {size} of guest memory: {source}")]
     Allocate { size: String, source: vm_memory::mmap::MmapRegionError },
+    #[error(
+        "cannot allocate {size} of guest memory in 2 MiB huge pages ({source}): the host has {free} free; reserve more with: echo N > /proc/sys/vm/nr_hugepages"
+    )]
+    AllocateHuge { size: String, free: String, source: vm_memory::mmap::MmapRegionError },
     #[error("guest memory layout is invalid: {0}")]
     Layout(String),
     #[error("{size} of guest memory exceeds what this host's guests can address ({max})")]
@@ -31,8 +35,19 @@ pub fn human_size(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
-/// Allocates RAM for a guest of `size` bytes whose physical address space is `phys_bits`.
-pub fn create_guest_memory(size: u64, phys_bits: u8) -> Result<GuestMemory, MemoryError> {
+/// The huge page size `hugepages=on` uses.
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+
+/// Free 2 MiB huge pages on this host, for the error message.
+fn free_huge_pages() -> String {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .map(|n| format!("{} pages", n.trim()))
+        .unwrap_or_else(|_| "none".into())
+}
+
+/// Allocates RAM for a guest of `size` bytes whose physical address space is `phys_bits`;
+/// with `hugepages`, in 2 MiB huge pages (fewer nested page faults and cheaper DMA mapping).
+pub fn create_guest_memory(size: u64, phys_bits: u8, hugepages: bool) -> Result<GuestMemory, MemoryError> {
     let max = arch::layout::max_memory(phys_bits);
     if size > max {
         return Err(MemoryError::TooLarge { size: human_size(size), max: human_size(max) });
@@ -40,11 +55,15 @@ pub fn create_guest_memory(size: u64, phys_bits: u8) -> Result<GuestMemory, Memo
     let mut regions = Vec::new();
     for (start, len) in arch::layout::ram_ranges(size) {
         let len_usize = usize::try_from(len).map_err(|_| MemoryError::Layout(format!("range of {len} bytes")))?;
+        let huge = if hugepages { libc::MAP_HUGETLB | libc::MAP_HUGE_2MB } else { 0 };
         let mapping = MmapRegionBuilder::new(len_usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | huge)
             .build()
-            .map_err(|source| MemoryError::Allocate { size: human_size(size), source })?;
+            .map_err(|source| match hugepages {
+                true => MemoryError::AllocateHuge { size: human_size(size), free: free_huge_pages(), source },
+                false => MemoryError::Allocate { size: human_size(size), source },
+            })?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(start))
             .ok_or_else(|| MemoryError::Layout(format!("range at {start:#x} overflows")))?;
         regions.push(region);
@@ -86,10 +105,26 @@ mod tests {
         assert_eq!(human_size(1000), "1000 bytes");
     }
 
+    /// With huge pages free (nr_hugepages), guest RAM is backed by them; without, the error
+    /// says how many there are and how to reserve more.
+    #[test]
+    fn hugepage_memory_is_backed_by_huge_pages_or_refused_with_the_fix() {
+        match create_guest_memory(4 << 20, 40, true) {
+            Ok(m) => {
+                let host = m.iter().next().unwrap().get_host_address(vm_memory::MemoryRegionAddress(0)).unwrap();
+                assert_eq!(host as u64 % HUGE_PAGE_SIZE, 0, "huge pages are 2 MiB aligned");
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("2 MiB huge pages") && text.contains("nr_hugepages"), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn small_guest_is_one_region_and_huge_is_refused() {
-        let m = create_guest_memory(4 << 20, 40).unwrap();
+        let m = create_guest_memory(4 << 20, 40, false).unwrap();
         assert_eq!(m.num_regions(), 1);
-        assert!(matches!(create_guest_memory(1 << 40, 40), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(create_guest_memory(1 << 40, 40, false), Err(MemoryError::TooLarge { .. })));
     }
 }

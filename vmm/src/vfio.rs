@@ -501,7 +501,7 @@ pub struct VfioManager {
 
 /// How long the VMM waits for the host to open a device (which resets it).
 const OPEN_BOUND: Duration = Duration::from_secs(20);
-/// How long the VMM waits for the host to reset and close a device.
+/// How long the VMM waits for the host to close a device (which resets it).
 const CLOSE_BOUND: Duration = Duration::from_secs(10);
 
 impl VfioManager {
@@ -653,7 +653,7 @@ impl VfioManager {
             d.device.lock().map_err(|_| "device lock poisoned".to_string())?.release().map_err(|e| e.to_string())?;
         // The last reference to the VFIO device: dropping it closes the device and group fds.
         let (id, bdf) = (d.host.id.clone(), d.host.bdf.clone());
-        self.close_on_host(&id, &bdf, backend, false);
+        self.close_on_host(&id, &bdf, backend);
         log::info!("{id}: {bdf} released to the host");
         self.forget_dma_if_unbound();
         Ok(())
@@ -704,7 +704,7 @@ impl VfioManager {
         let backend = d.device.lock().ok().and_then(|mut dev| dev.take_down());
         let mut milestones = vec![("MSI-X off and BARs unmapped", Milestone::now())];
         if let Some(backend) = backend {
-            self.close_on_host(&d.host.id, &d.host.bdf, backend, true);
+            self.close_on_host(&d.host.id, &d.host.bdf, backend);
             milestones.push(("VF reset and closed: free on the host", Milestone::now()));
         }
         if let Ok(mut b) = bus.write() {
@@ -715,9 +715,12 @@ impl VfioManager {
                 let _ = a.free(addr, size, region);
             }
         }
+        milestones.push(("unplugged, BAR space given back", Milestone::now()));
         let host = d.host.clone();
         drop(d);
+        milestones.push(("device state dropped (MSI routes)", Milestone::now()));
         self.forget_dma_if_unbound();
+        milestones.push(("VFIO container released", Milestone::now()));
         log::info!("{}: {} quiesced, reset and released", host.id, host.bdf);
         Some((host, milestones))
     }
@@ -756,23 +759,19 @@ impl VfioManager {
             }
             if let Some(backend) = dev.take_down() {
                 drop(dev);
-                self.close_on_host(&d.host.id, &d.host.bdf, backend, true);
+                self.close_on_host(&d.host.id, &d.host.bdf, backend);
             }
             log::info!("{}: {} quiesced, reset and released", d.host.id, d.host.bdf);
         }
     }
 
-    /// Resets (if `reset`) and closes a host device that nothing maps any more on the
-    /// `vfio-host` thread, waiting at most [`CLOSE_BOUND`]. Past the bound the VMM goes on: the
-    /// host gets the device when its kernel finishes.
-    fn close_on_host(&self, id: &str, bdf: &str, backend: Arc<dyn pci::vfio::VfioBackend>, reset: bool) {
-        let what = if reset { format!("resetting and closing {bdf}") } else { format!("closing {bdf}") };
-        let closed = self.worker.run(&what, CLOSE_BOUND, move || {
-            if reset {
-                backend.reset();
-            }
-            drop(backend);
-        });
+    /// Closes a host device that nothing maps any more on the `vfio-host` thread, waiting at
+    /// most [`CLOSE_BOUND`]; past the bound the VMM goes on and the host gets the device when
+    /// its kernel finishes. Closing the last fd is what gives the device back clean: vfio-pci
+    /// clears its bus mastering, disables its interrupts and resets the function (FLR), so
+    /// vfvmm does not reset it first (that would reset it twice; each reset is a wait).
+    fn close_on_host(&self, id: &str, bdf: &str, backend: Arc<dyn pci::vfio::VfioBackend>) {
+        let closed = self.worker.run(&format!("closing {bdf}"), CLOSE_BOUND, move || drop(backend));
         if let Err(e) = closed {
             log::error!("{id}: {e}");
         }

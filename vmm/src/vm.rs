@@ -70,7 +70,7 @@ impl Vm {
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(|e| VmmError::Kvm(format!("cannot create the PIT: {e}")))?;
 
-        let memory = create_guest_memory(config.memory, phys_bits)?;
+        let memory = create_guest_memory(config.memory, phys_bits, config.hugepages)?;
         register_with_kvm(&fd, &memory)?;
         arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
         let windows = arch::layout::pci_windows(config.memory, phys_bits);

@@ -60,6 +60,7 @@ fn ping_info_pause_resume_shutdown() {
     let config = VmConfig {
         cpus: 2,
         memory: 16 << 20,
+        hugepages: false,
         serial: SerialConfig::File(out.clone()),
         devices: vec![],
         api_socket: Some(sock.clone()),

@@ -39,6 +39,7 @@ fn a_console_nobody_reads_never_stalls_the_vmm() {
     let config = VmConfig {
         cpus: 1,
         memory: 16 << 20,
+        hugepages: false,
         serial: SerialConfig::Tty,
         devices: vec![],
         api_socket: Some(sock.clone()),

@@ -14,6 +14,7 @@ fn sigterm_stops_the_vm_cleanly() {
     let config = VmConfig {
         cpus: 2,
         memory: 16 << 20,
+        hugepages: false,
         serial: SerialConfig::Off,
         devices: vec![],
         api_socket: None,

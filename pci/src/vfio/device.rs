@@ -417,12 +417,19 @@ impl VfioPciDevice {
     }
 
     /// [`shutdown`](Self::shutdown) up to the reset: the guest's view of the device is gone and
-    /// the host device is returned for the caller to reset and drop (which closes it) — work
-    /// that waits for the device, done where it cannot hold up the VMM. `None` if released.
+    /// the host device is returned for the caller to drop, which closes it (vfio-pci resets a
+    /// device when its last fd closes) — work that waits for the device, done where it cannot
+    /// hold up the VMM. `None` if released.
     pub fn take_down(&mut self) -> Option<Arc<dyn VfioBackend>> {
         self.for_each_routing(|r| r.shutdown());
         for i in 0..self.mappings.len() {
             self.unmap_bar(i);
+        }
+        // The host mmaps of the BARs go too: each holds the device open in the kernel, which
+        // would keep the device (and its IOMMU group) from being released when the caller
+        // drops the backend.
+        for m in &mut self.mappings {
+            m.areas.clear();
         }
         self.decode = false;
         self.binding.replace(None)

@@ -143,6 +143,22 @@ fn other_config_writes_reach_the_device_and_shutdown_resets() {
     assert_eq!(backend.msix_calls.lock().unwrap().last(), Some(&0));
 }
 
+/// Taking a device down leaves nothing of the host device behind — no guest mapping and no
+/// host mmap of a BAR (each would keep the device open in the kernel after the caller drops
+/// the returned backend, and its IOMMU group attached) — and does not reset it (closing does).
+#[test]
+fn take_down_lets_go_of_every_bar_mmap_and_hands_back_the_device() {
+    let (mut dev, backend, platform) = device();
+    enable_memory(&mut dev);
+    assert!(dev.mappings.iter().any(|m| !m.areas.is_empty()), "BARs are mmapped");
+    let taken = dev.take_down().expect("the bound device");
+    assert!(dev.mappings.iter().all(|m| m.areas.is_empty()), "no host mmap left");
+    assert!(platform.slots.lock().unwrap().is_empty() && dev.mapped_ranges().is_empty());
+    assert_eq!(*backend.resets.lock().unwrap(), 0);
+    assert!(dev.take_down().is_none(), "nothing left to take");
+    drop(taken);
+}
+
 #[test]
 fn msi_only_device_is_emulated_and_routed() {
     let backend = Arc::new(FakeVfio::msi_only());

@@ -5,6 +5,8 @@
 #   BOOTVF  the same with VF0 passed through
 #   BOOTELF process start -> L2 /init booting the ELF vmlinux cut from the same bzImage
 #           (vfvmm: 64-bit entry; QEMU: PVH entry), i.e. without in-guest decompression
+#   BOOTHP  BOOT with guest RAM in 2 MiB huge pages (vfvmm: --memory ...,hugepages=on; QEMU:
+#           -mem-path on hugetlbfs)
 #   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
 #   ATTACH  hot-attach: API call (vfctl add-device / QMP device_add into a pcie-root-port) ->
 #           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console)
@@ -23,6 +25,8 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 ROUNDS=${BENCH_ROUNDS:-3}
+# Boots are short and noisy in the testbed: more rounds for them.
+BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
 TESTBED_ECHO=0
 APPEND="console=ttyS0 panic=-1 quiet"
 VF0=0000:01:10.0
@@ -53,7 +57,7 @@ qemu_cmd() {
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
-section boot && for ((round = 1; round <= ROUNDS; round++)); do
+section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     # shellcheck disable=SC2046
     RUST_LOG=info run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
     boot_ms=$(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)
@@ -65,7 +69,23 @@ section boot && for ((round = 1; round <= ROUNDS; round++)); do
     echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
 done
 
-section boot && for ((round = 1; round <= ROUNDS; round++)); do
+# Huge pages for BOOTHP (and the sections after: 512 x 2 MiB of L1's 2 GiB).
+echo 512 > /proc/sys/vm/nr_hugepages
+mkdir -p /dev/hugepages && { mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages; }
+section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
+    # shellcheck disable=SC2046
+    RUST_LOG=info run_vmm "hp-boot-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|size=256M|size=256M,hugepages=on|") \
+        --cmdline "$APPEND l2.action=poweroff" || true
+    boot_ms=$(marker_ms "hp-boot-vfvmm-$round" L2-INIT-START || echo NA)
+    echo "BOOTHP vfvmm $round $boot_ms" | tee -a "$out"
+    sum=$(timing_phases boothp "$round" "$(sed -n 's/.*timing boot: //p' "$RESULTS/hp-boot-vfvmm-$round.err" | tail -n 1)")
+    rest_phase boothp "$round" "$boot_ms" "$sum" "guest: to /init (after the last milestone)"
+    # shellcheck disable=SC2046
+    run_vmm "hp-boot-qemu-$round" 300 -- $(qemu_cmd) -mem-path /dev/hugepages -append "$APPEND l2.action=poweroff" || true
+    echo "BOOTHP qemu $round $(marker_ms "hp-boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+done
+
+section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "elf-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|") --cmdline "$APPEND l2.action=poweroff" || true
     echo "BOOTELF vfvmm $round $(marker_ms "elf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"

@@ -27,4 +27,23 @@ run_vmm boot-elf 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinux" \
 run_vmm boot-reboot 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
     --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M \
     --cmdline "$CMDLINE l2.action=reboot" || true
+
+# Guest RAM in huge pages: refused with the fix while none are reserved, then boots on them
+# (the pages in use while it runs are recorded).
+echo 0 > /proc/sys/vm/nr_hugepages
+run_vmm boot-hugepages-none 60 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+    --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M,hugepages=on \
+    --cmdline "$CMDLINE l2.action=poweroff" || true
+echo 200 > /proc/sys/vm/nr_hugepages
+vmm_start boot-hugepages 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+    --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M,hugepages=on \
+    --cmdline "$CMDLINE l2.action=shell"
+wait_for_marker boot-hugepages "L2-ACTION shell" 240 || true
+hp=/sys/kernel/mm/hugepages/hugepages-2048kB
+# Faulted in (total - free) plus reserved for later faults (resv): what the VM holds.
+echo "held=$(($(cat $hp/nr_hugepages) - $(cat $hp/free_hugepages) + $(cat $hp/resv_hugepages)))" \
+    > "$RESULTS/hugepages-in-use.txt"
+guest_cmd boot-hugepages 60 "poweroff -f" > /dev/null || true
+vmm_wait boot-hugepages || true
+echo 0 > /proc/sys/vm/nr_hugepages
 exit 0

@@ -22,7 +22,7 @@ LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", 
 SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
             "multi": set()}
 # Which timeline breaks which figure down.
-PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "ATTACH": "attach", "DETACH": "detach"}
+PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "ATTACH": "attach", "DETACH": "detach"}
 
 
 def read_runs(path):

@@ -57,41 +57,36 @@ qemu_cmd() {
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
-section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
-    # shellcheck disable=SC2046
-    RUST_LOG=info run_vmm "boot-vfvmm-$round" 300 -- $(vfvmm_cmd) --cmdline "$APPEND l2.action=poweroff" || true
-    boot_ms=$(marker_ms "boot-vfvmm-$round" L2-INIT-START || echo NA)
-    echo "BOOT vfvmm $round $boot_ms" | tee -a "$out"
-    sum=$(timing_phases boot "$round" "$(sed -n 's/.*timing boot: //p' "$RESULTS/boot-vfvmm-$round.err" | tail -n 1)")
-    rest_phase boot "$round" "$boot_ms" "$sum" "guest: to /init (after the last milestone)"
-    # shellcheck disable=SC2046
-    run_vmm "boot-qemu-$round" 300 -- $(qemu_cmd) -append "$APPEND l2.action=poweroff" || true
-    echo "BOOT qemu $round $(marker_ms "boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
-done
-
 # Huge pages for BOOTHP (and the sections after: 512 x 2 MiB of L1's 2 GiB).
 echo 512 > /proc/sys/vm/nr_hugepages
 mkdir -p /dev/hugepages && { mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages; }
+# boot_vfvmm KIND TIMELINE NAME ARGS...: one vfvmm boot, its figure and its phases.
+boot_vfvmm() {
+    local kind=$1 timeline=$2 name=$3 boot_ms sum
+    shift 3
+    RUST_LOG=info run_vmm "$name" 300 -- "$@" --cmdline "$APPEND l2.action=poweroff" || true
+    boot_ms=$(marker_ms "$name" L2-INIT-START || echo NA)
+    echo "$kind vfvmm $round $boot_ms" | tee -a "$out"
+    sum=$(timing_phases "$timeline" "$round" "$(sed -n 's/.*timing boot: //p' "$RESULTS/$name.err" | tail -n 1)")
+    rest_phase "$timeline" "$round" "$boot_ms" "$sum" "guest: to /init (after the last milestone)"
+}
+boot_qemu() {  # boot_qemu KIND NAME ARGS...
+    local kind=$1 name=$2
+    shift 2
+    run_vmm "$name" 300 -- "$@" -append "$APPEND l2.action=poweroff" || true
+    echo "$kind qemu $round $(marker_ms "$name" L2-INIT-START || echo NA)" | tee -a "$out"
+}
+# The testbed slows down over an L1 run (later boots take longer, whichever VMM): every
+# round boots each configuration once, in the same order, so that no figure gets the fast
+# early slots.
+# shellcheck disable=SC2046
 section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
-    # shellcheck disable=SC2046
-    RUST_LOG=info run_vmm "hp-boot-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|size=256M|size=256M,hugepages=on|") \
-        --cmdline "$APPEND l2.action=poweroff" || true
-    boot_ms=$(marker_ms "hp-boot-vfvmm-$round" L2-INIT-START || echo NA)
-    echo "BOOTHP vfvmm $round $boot_ms" | tee -a "$out"
-    sum=$(timing_phases boothp "$round" "$(sed -n 's/.*timing boot: //p' "$RESULTS/hp-boot-vfvmm-$round.err" | tail -n 1)")
-    rest_phase boothp "$round" "$boot_ms" "$sum" "guest: to /init (after the last milestone)"
-    # shellcheck disable=SC2046
-    run_vmm "hp-boot-qemu-$round" 300 -- $(qemu_cmd) -mem-path /dev/hugepages -append "$APPEND l2.action=poweroff" || true
-    echo "BOOTHP qemu $round $(marker_ms "hp-boot-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
-done
-
-section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
-    # shellcheck disable=SC2046
-    run_vmm "elf-vfvmm-$round" 300 -- $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|") --cmdline "$APPEND l2.action=poweroff" || true
-    echo "BOOTELF vfvmm $round $(marker_ms "elf-vfvmm-$round" L2-INIT-START || echo NA)" | tee -a "$out"
-    # shellcheck disable=SC2046
-    run_vmm "elf-qemu-$round" 300 -- $(qemu_cmd | sed "s|vmlinuz|vmlinux|") -append "$APPEND l2.action=poweroff" || true
-    echo "BOOTELF qemu $round $(marker_ms "elf-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
+    boot_vfvmm BOOT boot "boot-vfvmm-$round" $(vfvmm_cmd)
+    boot_qemu BOOT "boot-qemu-$round" $(qemu_cmd)
+    boot_vfvmm BOOTHP boothp "hp-boot-vfvmm-$round" $(vfvmm_cmd | sed "s|size=256M|size=256M,hugepages=on|")
+    boot_qemu BOOTHP "hp-boot-qemu-$round" $(qemu_cmd) -mem-path /dev/hugepages
+    boot_vfvmm BOOTELF bootelf "elf-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|")
+    boot_qemu BOOTELF "elf-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|")
 done
 
 vf_setup "$VF0"

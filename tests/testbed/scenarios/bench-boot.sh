@@ -57,7 +57,7 @@ qemu_cmd() {
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 
-# Huge pages for BOOTHP (and the sections after: 512 x 2 MiB of L1's 2 GiB).
+# Huge pages for BOOTHP (512 x 2 MiB of L1's 2 GiB, while the boot section runs).
 echo 512 > /proc/sys/vm/nr_hugepages
 mkdir -p /dev/hugepages && { mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages; }
 # boot_vfvmm KIND TIMELINE NAME ARGS...: one vfvmm boot, its figure and its phases.
@@ -88,6 +88,8 @@ section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_vfvmm BOOTELF bootelf "elf-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|")
     boot_qemu BOOTELF "elf-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|")
 done
+# The other sections run without huge pages: give L1 its memory back.
+echo 0 > /proc/sys/vm/nr_hugepages
 
 vf_setup "$VF0"
 rtt() { sed -n 's/.*L2-RTT min=[0-9.]* avg=\([0-9.]*\) .*/\1/p' "$RESULTS/$1.log" | head -n 1; }

@@ -15,8 +15,9 @@ use pci::{BarAllocator, PciBus};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::DeviceConfig;
+use crate::kvm_platform::KvmPlatform;
 use crate::memory::GuestMemory;
-use crate::vfio::{validate_device, HostDevice, HostRoots, KvmPlatform, ReacquireError, VfioError, VfioManager};
+use crate::vfio::{validate_device, HostDevice, HostRoots, ReacquireError, VfioError, VfioManager};
 
 /// The host/VM operations on passed-through devices, by guest slot.
 pub trait DeviceHost: Send {

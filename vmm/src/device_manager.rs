@@ -22,7 +22,7 @@ use vm_device::{DeviceMmio, DevicePio};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::SerialConfig;
-use crate::vfio::BarRouter;
+use crate::kvm_platform::BarRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {

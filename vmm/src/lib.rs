@@ -11,6 +11,7 @@ pub mod event_loop;
 pub mod exit_counters;
 pub mod host_worker;
 pub mod hotplug;
+pub mod kvm_platform;
 pub mod lifecycle;
 pub mod memory;
 pub mod seccomp;

@@ -18,10 +18,11 @@ use crate::device_host::KvmDeviceHost;
 use crate::device_manager::{create_devices, Devices};
 use crate::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
 use crate::hotplug::Hotplug;
+use crate::kvm_platform::KvmPlatform;
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
 use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
 use crate::vcpu_set::VcpuSet;
-use crate::vfio::{HostDevice, KvmPlatform};
+use crate::vfio::HostDevice;
 use crate::VmmError;
 use api::ApiReceiver;
 

@@ -100,6 +100,24 @@ impl Default for OnceMilestone {
     }
 }
 
+/// Names of the milestones devices and the VMM reach for attach and detach timings.
+pub mod names {
+    /// The host opened the device (vfio-pci resets it then).
+    pub const DEVICE_OPENED: &str = "VFIO device opened (host reset it)";
+    /// The guest read the hotplug register with the device's slot set.
+    pub const GUEST_SAW_SLOT: &str = "guest saw the slot";
+    /// The guest's `_EJ0` wrote the device's slot.
+    pub const GUEST_EJECTED: &str = "guest ejected the device";
+    /// The guest's driver turned memory decoding on.
+    pub const MEMORY_ENABLED: &str = "guest enabled memory decoding";
+    /// The guest's driver turned MSI-X on.
+    pub const MSIX_ENABLED: &str = "guest enabled MSI-X";
+    /// Guest RAM is mapped for the device's DMA.
+    pub const DMA_MAPPED: &str = "guest RAM DMA-mapped";
+    /// The device may master the bus (the end of an attach).
+    pub const BUS_MASTER: &str = "device got bus mastering";
+}
+
 /// The first time a vCPU entered the guest.
 pub static FIRST_VCPU_ENTRY: OnceMilestone = OnceMilestone::new();
 /// The first byte the guest wrote to its serial port.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use devices::hotplug::HotplugRegisters;
-use devices::timing::Milestone;
+use devices::timing::{names, Milestone};
 use kvm_ioctls::VmFd;
 use pci::vfio::VfioPciDevice;
 use pci::{BarAllocator, PciBus};
@@ -117,16 +117,16 @@ impl DeviceHost for KvmDeviceHost {
     fn milestones(&self, slot: u8) -> Vec<(&'static str, Milestone)> {
         let mut out = Vec::new();
         if let Ok(r) = self.registers.lock() {
-            out.extend(r.checked(slot).map(|m| ("guest saw the slot", m)));
-            out.extend(r.ejected_at(slot).map(|m| ("guest ejected the device", m)));
+            out.extend(r.checked(slot).map(|m| (names::GUEST_SAW_SLOT, m)));
+            out.extend(r.ejected_at(slot).map(|m| (names::GUEST_EJECTED, m)));
         }
         if let Some(d) = self.vfio.as_ref().and_then(|v| v.devices.iter().find(|d| d.slot == slot)) {
-            out.push(("VFIO device opened (host reset it)", d.opened));
+            out.push((names::DEVICE_OPENED, d.opened));
             if let Ok(dev) = d.device.lock() {
                 out.extend(dev.milestones().reached());
             }
         }
-        out.extend(self.platform.dma_mapped().map(|m| ("guest RAM DMA-mapped", m)));
+        out.extend(self.platform.dma_mapped().map(|m| (names::DMA_MAPPED, m)));
         out
     }
 

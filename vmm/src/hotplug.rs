@@ -19,6 +19,7 @@ use crate::config::DeviceConfig;
 use crate::device_host::DeviceHost;
 use crate::timeline::{Timeline, Timings};
 use crate::vfio::{HostDevice, VfioError};
+use devices::timing::names;
 
 /// Detached devices `vm.info` still shows.
 const MAX_DETACHED_SHOWN: usize = 16;
@@ -65,14 +66,14 @@ pub struct Hotplug {
     attach_logged: bool,
 }
 
-/// Milestones that belong to an attach, and to a detach (the host side's names).
+/// The milestones the host and guest reach that belong to an attach.
 const ATTACH_MILESTONES: [&str; 6] = [
-    "VFIO device opened (host reset it)",
-    "guest saw the slot",
-    "guest enabled memory decoding",
-    "guest enabled MSI-X",
-    "guest RAM DMA-mapped",
-    "device got bus mastering",
+    names::DEVICE_OPENED,
+    names::GUEST_SAW_SLOT,
+    names::MEMORY_ENABLED,
+    names::MSIX_ENABLED,
+    names::DMA_MAPPED,
+    names::BUS_MASTER,
 ];
 
 /// How the API reports a host-device problem.
@@ -122,7 +123,7 @@ impl Hotplug {
                 timeline.add(name, m);
             }
         }
-        if !self.attach_logged && timeline.has("device got bus mastering") {
+        if !self.attach_logged && timeline.has(names::BUS_MASTER) {
             self.attach_logged = true;
             log::info!("timing attach {id}: {}", timeline.summary());
         }
@@ -251,7 +252,7 @@ impl Hotplug {
         self.host.announce(slot, true);
         timeline.mark("guest notified (GED interrupt)");
         for (name, m) in self.host.milestones(slot) {
-            if name == ATTACH_MILESTONES[0] {
+            if name == names::DEVICE_OPENED {
                 timeline.add(name, m);
             }
         }
@@ -299,8 +300,7 @@ impl Hotplug {
                     if self.timings.last_attach.as_ref().is_some_and(|(a, _)| *a == id) {
                         self.complete_attach_timing();
                     }
-                    let ejected =
-                        self.host.milestones(slot).into_iter().find(|(n, _)| *n == "guest ejected the device");
+                    let ejected = self.host.milestones(slot).into_iter().find(|(n, _)| *n == names::GUEST_EJECTED);
                     let Some(entry) = self.entries.get_mut(&id) else { continue };
                     entry.state = next;
                     entry.eject_deadline = None;

@@ -21,7 +21,7 @@ use crate::bus::PciDevice;
 use crate::configuration::{merge_bytes, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, REG_COMMAND_STATUS};
 use crate::msi::MsiCapability;
 use crate::msix::MsixLayout;
-use devices::timing::Milestone;
+use devices::timing::{names, Milestone};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -202,9 +202,9 @@ impl GuestMilestones {
     /// `(what, when)` of those reached.
     pub fn reached(&self) -> Vec<(&'static str, Milestone)> {
         [
-            ("guest enabled memory decoding", self.memory_enabled),
-            ("guest enabled MSI-X", self.msix_enabled),
-            ("device got bus mastering", self.bus_master),
+            (names::MEMORY_ENABLED, self.memory_enabled),
+            (names::MSIX_ENABLED, self.msix_enabled),
+            (names::BUS_MASTER, self.bus_master),
         ]
         .into_iter()
         .filter_map(|(what, m)| Some((what, m?)))

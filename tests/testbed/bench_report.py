@@ -162,9 +162,10 @@ def chart(path):
         for x, (name, value) in enumerate(bars):
             if name == "vfvmm" and table:
                 bottom = 0.0
-                for phase, vals in table.items():
+                colors = plt.cm.tab20.colors  # one colour per phase (the default cycle has 10)
+                for i, (phase, vals) in enumerate(table.items()):
                     m = median(vals)
-                    ax.bar(x, m, bottom=bottom, label=phase)
+                    ax.bar(x, m, bottom=bottom, label=phase, color=colors[i % len(colors)])
                     bottom += m
                 if value > bottom:
                     ax.bar(x, value - bottom, bottom=bottom, color="lightgrey", label="rest (outside vfvmm's timeline)")

@@ -7,7 +7,8 @@
 //! a bound. Work that overruns its bound is abandoned, not cancelled: it finishes here later
 //! and its result (an opened device, say) is dropped here, which closes it. While the thread
 //! is still busy with abandoned work, new work is refused at once instead of queueing behind
-//! it.
+//! it — except closing a device, which is queued ([`HostWorker::drop_there`]): a device is
+//! never closed on the VMM thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -67,6 +68,12 @@ impl HostWorker {
         Ok(Self { jobs: Some(jobs), thread: Some(thread), overrun, running })
     }
 
+    /// What the thread is still doing that the VMM thread abandoned, if it is.
+    fn abandoned_work(&self) -> Option<String> {
+        let earlier = self.overrun.lock().ok()?.clone()?;
+        self.running.load(Ordering::SeqCst).then_some(earlier)
+    }
+
     /// Runs `job` on the thread and waits at most `bound` for its result.
     pub fn run<T: Send + 'static>(
         &self,
@@ -74,10 +81,8 @@ impl HostWorker {
         bound: Duration,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HostWorkError> {
-        if let Some(earlier) = self.overrun.lock().map_err(|_| HostWorkError::Gone)?.clone() {
-            if self.running.load(Ordering::SeqCst) {
-                return Err(HostWorkError::Busy { what: earlier });
-            }
+        if let Some(earlier) = self.abandoned_work() {
+            return Err(HostWorkError::Busy { what: earlier });
         }
         let (reply, result) = mpsc::sync_channel::<T>(1);
         let jobs = self.jobs.as_ref().ok_or(HostWorkError::Gone)?;
@@ -97,6 +102,23 @@ impl HostWorker {
                 log::error!("the host did not finish {what} in {} ms: abandoned", started.elapsed().as_millis());
                 Err(HostWorkError::TimedOut { what: what.to_string(), after: bound })
             }
+        }
+    }
+}
+
+impl HostWorker {
+    /// Drops `value` (closing the host device it holds) on the thread, waiting at most
+    /// `bound`. While the thread is still busy with abandoned work, `value` is queued behind
+    /// it without waiting: it is never dropped (never waited for) on the caller's thread.
+    pub fn drop_there<T: Send + 'static>(&self, what: &str, bound: Duration, value: T) -> Result<(), HostWorkError> {
+        match self.abandoned_work() {
+            Some(earlier) => {
+                if let Some(jobs) = self.jobs.as_ref() {
+                    let _ = jobs.send(Box::new(move || drop(value)));
+                }
+                Err(HostWorkError::Busy { what: earlier })
+            }
+            None => self.run(what, bound, move || drop(value)),
         }
     }
 }
@@ -173,6 +195,34 @@ mod tests {
             }
         }
         assert_eq!(later, Ok(7));
+    }
+
+    /// A value whose drop would wait on the host: dropped on the worker, never on the caller,
+    /// even while the worker is stuck on abandoned work.
+    struct Device(mpsc::Sender<Option<String>>);
+    impl Drop for Device {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().name().map(str::to_string));
+        }
+    }
+
+    #[test]
+    fn a_device_is_closed_on_the_worker_even_while_it_is_stuck() {
+        let w = worker();
+        let (closed, where_closed) = mpsc::channel();
+        assert_eq!(w.drop_there("closing", Duration::from_secs(5), Device(closed.clone())), Ok(()));
+        assert_eq!(where_closed.recv().unwrap().as_deref(), Some("vfio-host"));
+        let (release, hang) = mpsc::channel::<()>();
+        let _ = w.run("resetting", Duration::from_millis(50), move || {
+            let _ = hang.recv();
+        });
+        let started = Instant::now();
+        let queued = w.drop_there("closing", Duration::from_secs(5), Device(closed));
+        assert!(started.elapsed() < Duration::from_millis(100), "no wait behind the stuck work");
+        assert_eq!(queued, Err(HostWorkError::Busy { what: "resetting".into() }));
+        assert!(where_closed.try_recv().is_err(), "not dropped on the caller");
+        release.send(()).unwrap();
+        assert_eq!(where_closed.recv_timeout(Duration::from_secs(5)).unwrap().as_deref(), Some("vfio-host"));
     }
 
     #[test]

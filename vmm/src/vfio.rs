@@ -473,7 +473,7 @@ impl VfioManager {
     /// clears its bus mastering, disables its interrupts and resets the function (FLR), so
     /// vfvmm does not reset it first (that would reset it twice; each reset is a wait).
     fn close_on_host(&self, id: &str, bdf: &str, backend: Arc<dyn pci::vfio::VfioBackend>) {
-        let closed = self.worker.run(&format!("closing {bdf}"), CLOSE_BOUND, move || drop(backend));
+        let closed = self.worker.drop_there(&format!("closing {bdf}"), CLOSE_BOUND, backend);
         if let Err(e) = closed {
             log::error!("{id}: {e}");
         }

@@ -37,10 +37,35 @@ impl SuiteRun {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
+    /// The line of the facts file `facts` (a scenario's `fact KEY ...` lines) starting with
+    /// `key `, without the key.
+    pub fn try_fact(&self, facts: &str, key: &str) -> Option<String> {
+        self.file(facts).lines().find_map(|l| l.strip_prefix(&format!("{key} "))).map(str::to_string)
+    }
+
+    /// [`try_fact`](Self::try_fact), panicking with the facts file when the key is missing.
+    pub fn fact(&self, facts: &str, key: &str) -> String {
+        self.try_fact(facts, key)
+            .unwrap_or_else(|| panic!("no '{key}' in {facts}:\n{}\nsee {}", self.file(facts), self.dir.display()))
+    }
+
+    /// The L1 run ended cleanly and its scenario wrote its last fact (`done`) into `facts`.
+    pub fn assert_completed(&self, facts: &str) {
+        assert_eq!(self.l1_exit, Some(0), "L1 run failed, see {}", self.dir.display());
+        assert!(self.file(facts).lines().any(|l| l == "done"), "{}", self.file(facts));
+    }
+
     /// The console lines that carry L2 markers (`L2-...`), trimmed.
     pub fn markers(&self, name: &str) -> Vec<String> {
         self.log(name).lines().filter_map(|l| l.find("L2-").map(|i| l[i..].trim_end().to_string())).collect()
     }
+}
+
+/// The value of `name=` in a fact line of `name=value` fields.
+pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in '{line}'"))
 }
 
 /// Builds (or reuses) the testbed images; panics with the builder's output on failure.

@@ -25,12 +25,18 @@
 #   vmm_kill NAME                           TERM, then KILL after 5 s (the VMM's process group)
 #   marker_ms NAME MARKER                   ms from NAME.start to the first MARKER line
 #   check NAME CONDITION...                 run CONDITION; log "CHECK NAME PASS|FAIL"; count failures
+#   fact KEY VALUE...                       append a result line to $OUT (a scenario's facts file)
+# Sets REPO, VFVMM (target/release/vfvmm unless given) and VFCTL (beside it).
 # Stragglers are killed on exit (trap tb_cleanup EXIT; call tb_cleanup yourself if you replace it).
 
 : "${RESULTS:?RESULTS is not set (run scenarios through run-l1.sh)}"
 # Scenarios create VFs and bind devices: refuse to run anywhere but inside the testbed's L1,
 # whose kernel command line carries vfvmm.script= (never on the host's own PCI devices).
 grep -q 'vfvmm\.script=' /proc/cmdline || { echo "testbed: refusing to run outside the testbed L1" >&2; exit 1; }
+# The repository (L1 sees the host's tree read-only) and the binaries under test.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
+VFCTL=${VFCTL:-$(dirname "$VFVMM")/vfctl}
 TESTBED_CACHE=${TESTBED_CACHE:-/var/cache/vfvmm}
 TESTBED_RUN=${TESTBED_RUN:-/tmp/testbed-run}   # fifos; must not be on 9p
 TESTBED_ECHO=${TESTBED_ECHO:-1}                 # 1: echo VMM console lines to stderr as "[NAME] ..."
@@ -40,6 +46,9 @@ declare -gA _VMM_PID=() _VMM_READER=() _VMM_INFD=()
 TB_FAILURES=0
 
 tb_log() { printf 'testbed: %s\n' "$*" >&2; }
+# fact KEY VALUE...: one result line in the scenario's facts file $OUT (for its Rust test),
+# echoed as "L1-FACT ..." on the console.
+fact() { echo "$*" >> "${OUT:?set OUT to the facts file}"; echo "L1-FACT $*"; }
 now_ns() { local t=$EPOCHREALTIME; printf '%s000\n' "${t/./}"; }
 
 # _vmm_reader NAME: console (stdin) -> NAME.log, NAME.markers, and stderr if TESTBED_ECHO=1.

@@ -5,35 +5,22 @@
 
 use std::sync::OnceLock;
 
-use vfvmm_tests::{run_suite, SuiteRun};
+use vfvmm_tests::{field, run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
     RUN.get_or_init(|| run_suite("tests/testbed/scenarios/vfvmm-faults.sh", 1800))
 }
 
+/// The `faults.txt` line starting with `key ` (without the key).
 fn fact(key: &str) -> String {
-    let run = suite();
-    let facts = run.file("faults.txt");
-    facts
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no '{key}' in faults.txt:\n{facts}\nsee {}", run.dir.display()))
-}
-
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in '{line}'"))
+    suite().fact("faults.txt", key)
 }
 
 #[test]
 #[ignore = "nested testbed: run by make test"]
 fn l1_suite_completes() {
-    let run = suite();
-    assert_eq!(run.l1_exit, Some(0), "L1 run failed, see {}", run.dir.display());
-    assert!(run.file("faults.txt").lines().any(|l| l == "done"), "{}", run.file("faults.txt"));
+    suite().assert_completed("faults.txt");
 }
 
 #[test]

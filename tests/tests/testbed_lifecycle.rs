@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use vfvmm_tests::{run_suite, SuiteRun};
+use vfvmm_tests::{field, run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
@@ -15,19 +15,9 @@ fn suite() -> &'static SuiteRun {
 
 /// The `lifecycle.txt` line starting with `key ` (without the key).
 fn fact(run: &SuiteRun, key: &str) -> String {
-    let facts = run.file("lifecycle.txt");
-    facts
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no '{key}' in lifecycle.txt:\n{facts}\nlc-a stderr:\n{}", run.stderr("lc-a")))
-}
-
-/// `name=value` fields of a fact line.
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in '{line}'"))
+    run.try_fact("lifecycle.txt", key).unwrap_or_else(|| {
+        panic!("no '{key}' in lifecycle.txt:\n{}\nlc-a stderr:\n{}", run.file("lifecycle.txt"), run.stderr("lc-a"))
+    })
 }
 
 /// Milliseconds from resume to the guest's first ping reply through the VF, asserted < 10 s.
@@ -40,9 +30,7 @@ fn assert_pings_again(line: &str) {
 #[test]
 #[ignore = "nested testbed: run by make test"]
 fn l1_suite_completes() {
-    let run = suite();
-    assert_eq!(run.l1_exit, Some(0), "L1 run failed, see {}", run.dir.display());
-    assert!(run.file("lifecycle.txt").lines().any(|l| l == "done"), "{}", run.file("lifecycle.txt"));
+    suite().assert_completed("lifecycle.txt");
 }
 
 #[test]

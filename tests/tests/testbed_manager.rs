@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use vfvmm_tests::{run_suite, SuiteRun};
+use vfvmm_tests::{field, run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
@@ -15,19 +15,7 @@ fn suite() -> &'static SuiteRun {
 
 /// The `manager.txt` line starting with `key ` (without the key).
 fn fact(key: &str) -> String {
-    let run = suite();
-    let facts = run.file("manager.txt");
-    facts
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no '{key}' in manager.txt:\n{facts}\nsee {}", run.dir.display()))
-}
-
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in '{line}'"))
+    suite().fact("manager.txt", key)
 }
 
 /// A ping through the VF came back, within 10 s.
@@ -41,9 +29,7 @@ fn assert_pings(key: &str) {
 #[test]
 #[ignore = "nested testbed: run by make test"]
 fn l1_suite_completes() {
-    let run = suite();
-    assert_eq!(run.l1_exit, Some(0), "L1 run failed, see {}", run.dir.display());
-    assert!(run.file("manager.txt").lines().any(|l| l == "done"), "{}", run.file("manager.txt"));
+    suite().assert_completed("manager.txt");
 }
 
 #[test]

@@ -22,8 +22,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 ROUNDS=${BENCH_ROUNDS:-3}
 # Boots are short and noisy in the testbed: more rounds for them.
 BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
@@ -106,7 +104,6 @@ section vf && for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 HERE=$(dirname "${BASH_SOURCE[0]}")/..
-VFCTL=$(dirname "$VFVMM")/vfctl
 PFDIR=/sys/bus/pci/devices/0000:01:00.0
 ms_now() { echo $(($(now_ns) / 1000000)); }
 recreate_vfs() {  # the PF's VF count through 0 and back to 2, VFs bound to vfio-pci

@@ -10,9 +10,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-VFCTL=$(dirname "$VFVMM")/vfctl
 SOCK=/run/vfvmm-demo.sock
 PF=0000:01:00.0
 VF0=0000:01:10.0

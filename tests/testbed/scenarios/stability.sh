@@ -13,8 +13,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 STAB_RUNS=20 STAB_VMMS="vfvmm qemu" STAB_CPUS=2 STAB_TIMEOUT=240
 if [[ -f $RESULTS/params ]]; then
     while IFS='=' read -r k v; do

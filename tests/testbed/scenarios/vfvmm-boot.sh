@@ -8,8 +8,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 [[ -c /dev/kvm ]] || { tb_log "no /dev/kvm in L1"; exit 1; }
 [[ -x $VFVMM ]] || { tb_log "no vfvmm binary at $VFVMM"; exit 1; }
 CMDLINE="console=ttyS0 panic=-1 quiet"

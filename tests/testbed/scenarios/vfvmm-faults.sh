@@ -13,15 +13,11 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-VFCTL=$(dirname "$VFVMM")/vfctl
 PF=0000:01:00.0
 VF0=0000:01:10.0
 VF1=0000:01:10.2
 OUT=$RESULTS/faults.txt
 : > "$OUT"
-fact() { echo "$*" >> "$OUT"; echo "L1-FACT $*"; }
 
 vm_start() {  # vm_start NAME [vfvmm args]
     local name=$1

@@ -12,9 +12,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-VFCTL=$(dirname "$VFVMM")/vfctl
 VF0=0000:01:10.0
 VF1=0000:01:10.2
 SOCK=/tmp/vfvmm-hotplug.sock

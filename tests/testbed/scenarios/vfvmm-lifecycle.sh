@@ -19,16 +19,12 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-VFCTL=$(dirname "$VFVMM")/vfctl
 PFDIR=/sys/bus/pci/devices/0000:01:00.0
 VF0=0000:01:10.0
 VF1=0000:01:10.2
 GBDF=0000:00:01.0   # the VF at boot is in the guest's slot 1
 OUT=$RESULTS/lifecycle.txt
 : > "$OUT"
-fact() { echo "$*" >> "$OUT"; echo "L1-FACT $*"; }
 ms_now() { echo $(($(now_ns) / 1000000)); }
 
 vm_start() {  # vm_start NAME VF IP SOCK [extra vfvmm args]

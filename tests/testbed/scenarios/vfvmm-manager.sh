@@ -16,14 +16,10 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
-VFCTL=$(dirname "$VFVMM")/vfctl
 PF=0000:01:00.0
 PFDIR=/sys/bus/pci/devices/$PF
 OUT=$RESULTS/manager.txt
 : > "$OUT"
-fact() { echo "$*" >> "$OUT"; echo "L1-FACT $*"; }
 one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 vm_start() {  # vm_start NAME IP [vfvmm args]: a VM that registers as NAME

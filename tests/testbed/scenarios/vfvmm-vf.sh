@@ -9,8 +9,6 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-VFVMM=${VFVMM:-$REPO/target/release/vfvmm}
 PF=0000:01:00.0
 VF0=0000:01:10.0
 VF1=0000:01:10.2
@@ -34,7 +32,6 @@ vf_vm vf-reuse $VF0 192.0.2.10
 vmm_wait vf-reuse
 
 # The API with a VF attached at boot: info shows it Attached; pause/resume; shutdown-vmm.
-VFCTL=$(dirname "$VFVMM")/vfctl
 SOCK=/tmp/vfvmm-api.sock
 COUNTER=1 vf_vm vf-api $VF0 192.0.2.10 --api-socket "path=$SOCK"
 if wait_for_marker vf-api "L2-PING " 300; then

@@ -388,6 +388,15 @@ mod tests {
         out
     }
 
+    /// A server on a fresh socket `name`, its requests answered by [`fake_vmm`].
+    fn serving_pings(name: &str) -> (PathBuf, ApiServer) {
+        let path = sock(name);
+        let _ = std::fs::remove_file(&path);
+        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
+        fake_vmm(rx);
+        (path, server)
+    }
+
     /// A VMM stand-in that answers pings.
     fn fake_vmm(rx: ApiReceiver) {
         std::thread::spawn(move || {
@@ -422,10 +431,7 @@ mod tests {
 
     #[test]
     fn serves_bad_slow_and_good_clients_in_turn() {
-        let path = sock("serve");
-        let _ = std::fs::remove_file(&path);
-        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
-        fake_vmm(rx);
+        let (path, server) = serving_pings("serve");
         let bad = call(&path, b"GET /api/v1/nope HTTP/1.1\r\n\r\n");
         assert!(bad.starts_with("HTTP/1.1 404 \r\n"), "{bad}");
         // A client that sends half a request and stalls gets 408 after the read timeout...
@@ -443,10 +449,7 @@ mod tests {
 
     #[test]
     fn idle_connections_do_not_delay_other_clients() {
-        let path = sock("idle");
-        let _ = std::fs::remove_file(&path);
-        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
-        fake_vmm(rx);
+        let (path, server) = serving_pings("idle");
         // 100 clients connect and send nothing (or half a request).
         let idle: Vec<UnixStream> = (0..100)
             .map(|i| {
@@ -486,22 +489,20 @@ mod tests {
 
     #[test]
     fn a_client_that_shuts_its_side_after_the_request_is_answered() {
-        let path = sock("halfclose");
-        let _ = std::fs::remove_file(&path);
-        let (server, rx) = start(bind(&path).unwrap(), &path).unwrap();
-        fake_vmm(rx);
-        let mut s = UnixStream::connect(&path).unwrap();
-        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let (path, server) = serving_pings("halfclose");
+        // Sends `raw`, shuts the writing side, reads the answer.
+        let half_closed = |raw: &[u8]| {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.write_all(raw).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let out = half_closed(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\n\r\n");
         assert!(out.starts_with("HTTP/1.1 200 \r\n"), "{out}");
         // Half a request and then the end: 400.
-        let mut s = UnixStream::connect(&path).unwrap();
-        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\n").unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let out = half_closed(b"GET /api/v1/vmm.ping HTTP/1.1\r\n");
         assert!(out.starts_with("HTTP/1.1 400 \r\n"), "{out}");
         drop(server);
     }

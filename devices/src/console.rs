@@ -200,18 +200,9 @@ mod tests {
 
     #[test]
     fn everything_reaches_an_output_that_keeps_up() {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(data);
-                Ok(data.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let (mut writer, drain) = spawn(Box::new(Sink(got.clone())), CONSOLE_BUFFER).unwrap();
+        let out = crate::SharedOutput::default();
+        let got = out.0.clone();
+        let (mut writer, drain) = spawn(Box::new(out), CONSOLE_BUFFER).unwrap();
         for i in 0..10_000u32 {
             writer.write_all(&i.to_le_bytes()).unwrap();
         }

@@ -4,12 +4,13 @@
 use arch::layout::{ACPI_SLEEP_CONTROL_PORT, COM1_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use devices::timing::{ExitKind, EXITS};
 
-const PIO_RANGES: [(&str, u16, u16); 5] = [
-    ("serial", COM1_PORT, 8),
-    ("pci-config", 0xcf8, 8),
-    ("cmos", 0x70, 2),
-    ("acpi-pm", ACPI_SLEEP_CONTROL_PORT, 3),
-    ("i8042", 0x60, 5),
+/// `(name, first port, ports, kind in the VM's exit tally)`.
+const PIO_RANGES: [(&str, u16, u16, ExitKind); 5] = [
+    ("serial", COM1_PORT, 8, ExitKind::Serial),
+    ("pci-config", 0xcf8, 8, ExitKind::PciConfigIo),
+    ("cmos", 0x70, 2, ExitKind::OtherIo),
+    ("acpi-pm", ACPI_SLEEP_CONTROL_PORT, 3, ExitKind::OtherIo),
+    ("i8042", 0x60, 5, ExitKind::OtherIo),
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -25,14 +26,12 @@ pub struct ExitCounters {
 
 impl ExitCounters {
     pub fn record_pio(&mut self, port: u16, handled: bool) {
-        let i =
-            PIO_RANGES.iter().position(|&(_, base, len)| port >= base && port - base < len).unwrap_or(PIO_RANGES.len());
+        let i = PIO_RANGES
+            .iter()
+            .position(|&(_, base, len, _)| port >= base && port - base < len)
+            .unwrap_or(PIO_RANGES.len());
         self.pio[i] += 1;
-        EXITS.count(match PIO_RANGES.get(i).map(|r| r.0) {
-            Some("serial") => ExitKind::Serial,
-            Some("pci-config") => ExitKind::PciConfigIo,
-            _ => ExitKind::OtherIo,
-        });
+        EXITS.count(PIO_RANGES.get(i).map_or(ExitKind::OtherIo, |r| r.3));
         self.unhandled_pio += u64::from(!handled);
     }
 
@@ -63,7 +62,7 @@ impl ExitCounters {
     pub fn summary(&self) -> String {
         let pio: Vec<String> = PIO_RANGES
             .iter()
-            .map(|(name, _, _)| *name)
+            .map(|(name, ..)| *name)
             .chain(std::iter::once("other"))
             .zip(self.pio.iter())
             .map(|(name, n)| format!("{name}={n}"))

@@ -127,25 +127,23 @@ impl Timings {
             }
             None => Value::Null,
         };
-        let mut boot = self.boot.clone();
-        if let Some(b) = boot.as_mut() {
-            add_boot_milestones(b);
-        }
         json!({
-            "boot": boot.map_or(Value::Null, |b| b.to_json()),
+            "boot": self.boot().map_or(Value::Null, |b| b.to_json()),
             "last_attach": device(&self.last_attach),
             "last_detach": device(&self.last_detach),
         })
     }
-}
 
-/// The boot milestones the vCPU and serial threads reach.
-pub fn add_boot_milestones(boot: &mut Timeline) {
-    if let Some(m) = devices::timing::FIRST_VCPU_ENTRY.get() {
-        boot.add("first vCPU entry", m);
-    }
-    if let Some(m) = devices::timing::FIRST_SERIAL_BYTE.get() {
-        boot.add("first serial byte", m);
+    /// Boot's timeline with the milestones the vCPU and serial threads reached.
+    pub fn boot(&self) -> Option<Timeline> {
+        let mut boot = self.boot.clone()?;
+        if let Some(m) = devices::timing::FIRST_VCPU_ENTRY.get() {
+            boot.add("first vCPU entry", m);
+        }
+        if let Some(m) = devices::timing::FIRST_SERIAL_BYTE.get() {
+            boot.add("first serial byte", m);
+        }
+        Some(boot)
     }
 }
 

@@ -225,8 +225,7 @@ impl Vm {
         for (id, c) in vcpu_set.stop() {
             log::info!("vcpu{id} exits: {}", c.summary());
         }
-        if let Some(mut boot) = self.hotplug.lock().ok().and_then(|h| h.timings.boot.clone()) {
-            crate::timeline::add_boot_milestones(&mut boot);
+        if let Some(boot) = self.hotplug.lock().ok().and_then(|h| h.timings.boot()) {
             log::info!("timing boot: {}", boot.summary());
         }
         // Devices go after the vCPUs, on this (the VMM) thread.

@@ -22,6 +22,8 @@ pub struct ExitCounters {
     mmio_other: u64,
     pub unhandled_pio: u64,
     pub unhandled_mmio: u64,
+    /// Guest writes KVM queued instead of exiting, replayed by the vCPU thread (not exits).
+    pub queued_writes: u64,
 }
 
 impl ExitCounters {
@@ -68,7 +70,7 @@ impl ExitCounters {
             .map(|(name, n)| format!("{name}={n}"))
             .collect();
         format!(
-            "pio={} ({}) mmio={} (ecam={} pci-bars={} other={}) unhandled pio={} mmio={}",
+            "pio={} ({}) mmio={} (ecam={} pci-bars={} other={}) unhandled pio={} mmio={}; queued writes={}",
             self.pio_total(),
             pio.join(" "),
             self.mmio_total(),
@@ -76,7 +78,8 @@ impl ExitCounters {
             self.mmio_pci_bars,
             self.mmio_other,
             self.unhandled_pio,
-            self.unhandled_mmio
+            self.unhandled_mmio,
+            self.queued_writes
         )
     }
 }
@@ -97,7 +100,7 @@ mod tests {
         c.record_mmio(0xfed0_0000, false, &[(0xc000_0000, 0x2000_0000)]);
         assert_eq!(
             c.summary(),
-            "pio=4 (serial=2 pci-config=1 cmos=0 acpi-pm=0 i8042=0 other=1) mmio=3 (ecam=1 pci-bars=1 other=1) unhandled pio=1 mmio=1"
+            "pio=4 (serial=2 pci-config=1 cmos=0 acpi-pm=0 i8042=0 other=1) mmio=3 (ecam=1 pci-bars=1 other=1) unhandled pio=1 mmio=1; queued writes=0"
         );
     }
 }

@@ -4,6 +4,7 @@ pub mod api_handler;
 pub mod attachment;
 pub mod binding;
 pub mod boot;
+pub mod coalesced_io;
 pub mod config;
 pub mod device_host;
 pub mod device_manager;

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::EntryPoint;
+use crate::coalesced_io::CoalescedRing;
 use crate::exit_counters::ExitCounters;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,29 @@ pub struct VcpuShared {
     /// PCI MMIO windows, for the exit counters.
     pub pci_windows: Vec<(u64, u64)>,
     pub pause: PauseGate,
+    /// Guest writes KVM queued instead of exiting (the PCI config address port), when KVM can.
+    pub queued_writes: Option<CoalescedRing>,
+}
+
+impl VcpuShared {
+    /// Replays the writes KVM queued before the exit being handled, so that the exit's access
+    /// sees them; counts them in `counters`.
+    fn replay_queued_writes(&self, counters: &mut ExitCounters) {
+        let Some(ring) = &self.queued_writes else { return };
+        let replayed = ring.replay(|w| {
+            if let Ok(io) = self.io.read() {
+                let handled = if w.pio {
+                    io.pio_write(PioAddress(w.addr as u16), w.bytes()).is_ok()
+                } else {
+                    io.mmio_write(MmioAddress(w.addr), w.bytes()).is_ok()
+                };
+                if !handled {
+                    counters.unhandled_pio += 1;
+                }
+            }
+        });
+        counters.queued_writes += replayed as u64;
+    }
 }
 
 /// Parks vCPU threads between KVM_RUNs while a pause is requested.
@@ -224,6 +248,9 @@ enum Next {
 }
 
 fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitCounters) -> Next {
+    if matches!(exit, VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) {
+        shared.replay_queued_writes(counters);
+    }
     match exit {
         VcpuExit::IoIn(port, data) => {
             let handled = shared.io.read().map(|io| io.pio_read(PioAddress(port), data).is_ok()).unwrap_or(false);

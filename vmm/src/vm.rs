@@ -13,6 +13,7 @@ use vmm_sys_util::terminal::Terminal;
 
 use crate::api_handler::ApiHandler;
 use crate::boot::{self, EntryPoint};
+use crate::coalesced_io::CoalescedRing;
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_host::KvmDeviceHost;
 use crate::device_manager::{create_devices, Devices};
@@ -33,7 +34,7 @@ const CONSOLE_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_sec
 const DEFAULT_PHYS_BITS: u8 = 36;
 
 pub struct Vm {
-    _kvm: Kvm,
+    kvm: Kvm,
     fd: Arc<VmFd>,
     cpuid: CpuId,
     pub memory: GuestMemory,
@@ -99,7 +100,7 @@ impl Vm {
             config.reacquire_timeout,
             devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?,
         )));
-        Ok(Self { _kvm: kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone(), hotplug, dma_done })
+        Ok(Self { kvm, fd, cpuid, memory, phys_bits, devices, config: config.clone(), hotplug, dma_done })
     }
 
     /// Opens and plugs the validated `--device`s (before the guest boots).
@@ -152,18 +153,26 @@ impl Vm {
     pub fn run(self, entry: EntryPoint, api: Option<ApiReceiver>) -> Result<GuestExit, VmmError> {
         install_kick_handler()?;
         let exit = Arc::new(ExitSignal::new().map_err(VmmError::EventLoop)?);
+        let mut vcpus = Vec::with_capacity(usize::from(self.config.cpus));
+        for id in 0..self.config.cpus {
+            vcpus.push(create_vcpu(&self.fd, &self.cpuid, id, self.config.cpus, entry)?);
+        }
+        let queued_writes = match vcpus.first().map(|vcpu| CoalescedRing::setup(&self.kvm, &self.fd, vcpu)) {
+            Some(Ok(ring)) => Some(ring),
+            Some(Err(e)) => {
+                log::info!("PCI config address writes exit to vfvmm: {e}");
+                None
+            }
+            None => None,
+        };
         let shared = Arc::new(VcpuShared {
             io: self.devices.io.clone(),
             exit: exit.clone(),
             stop: AtomicBool::new(false),
             pci_windows: self.pci_windows(),
             pause: Default::default(),
+            queued_writes,
         });
-
-        let mut vcpus = Vec::with_capacity(usize::from(self.config.cpus));
-        for id in 0..self.config.cpus {
-            vcpus.push(create_vcpu(&self.fd, &self.cpuid, id, self.config.cpus, entry)?);
-        }
 
         let done = Arc::new(AtomicBool::new(false));
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()

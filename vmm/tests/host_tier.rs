@@ -63,6 +63,18 @@ impl Asm {
         }
         self
     }
+    /// Writes `address` to the config address port and reads the port back to COM1: with the
+    /// address write queued by KVM (coalesced), the read must still see it.
+    fn dump_config_address(&mut self, address: u32) -> &mut Self {
+        self.mov_dx(0xcf8).mov_eax(address).out_dx_eax().in_eax_dx().mov_dx(0x3f8);
+        for i in 0..4 {
+            if i > 0 {
+                self.shr_eax_8();
+            }
+            self.out_dx_al();
+        }
+        self
+    }
 }
 
 fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u8>) {
@@ -93,6 +105,7 @@ fn serial_pci_config_and_power_off() {
         .dump_config_dword(0x8000_0000) // 00:00.0 vendor/device
         .dump_config_dword(0x8000_0008) // 00:00.0 class/revision
         .dump_config_dword(0x8000_f800) // 00:1f.0: empty slot
+        .dump_config_address(0x8000_0010)
         .print(b"\nbye\n")
         .mov_dx(0x600)
         .mov_al((5 << 2) | (1 << 5)) // SLP_TYP = S5, SLP_EN
@@ -104,6 +117,7 @@ fn serial_pci_config_and_power_off() {
     want.extend_from_slice(&0x0008_1b36u32.to_le_bytes()); // host bridge 1b36:0008
     want.extend_from_slice(&0x0600_0000u32.to_le_bytes()); // class 06 (bridge) 00 (host)
     want.extend_from_slice(&0xffff_ffffu32.to_le_bytes()); // nothing in slot 31
+    want.extend_from_slice(&0x8000_0010u32.to_le_bytes()); // the address port reads back
     want.extend_from_slice(b"\nbye\n");
     assert_eq!(out, want, "serial output: {:?}", String::from_utf8_lossy(&out));
 }

@@ -17,12 +17,18 @@ import sys
 results, section, previous_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 
 LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", "RTT": "ping RTT via the VF (ms)",
-          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "BOOTHP": "boot-to-init, huge pages (ms)", "ATTACH": "hot-attach -> driver bound (ms)",
-          "DETACH": "hot-detach -> VF free on host (ms)"}
-SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP"}, "vf": {"BOOTVF", "RTT"}, "hotplug": {"ATTACH", "DETACH"}, "reconf": set(),
+          "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "BOOTHP": "boot-to-init, huge pages (ms)",
+          "BOOTELFHP": "boot-to-init, ELF + huge pages (ms)",
+          "ATTACH": "hot-attach -> driver bound (ms)", "FIRSTATTACH": "a VM's first hot-attach (ms)",
+          "DETACH": "hot-detach -> VF free on host (ms)",
+          "ATTACHHP": "hot-attach, huge pages (ms)", "FIRSTATTACHHP": "first hot-attach, huge pages (ms)",
+          "DETACHHP": "hot-detach, huge pages (ms)"}
+SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP", "BOOTELFHP"}, "vf": {"BOOTVF", "RTT"},
+            "hotplug": {"ATTACH", "FIRSTATTACH", "DETACH", "ATTACHHP", "FIRSTATTACHHP", "DETACHHP"}, "reconf": set(),
             "multi": set()}
 # Which timeline breaks which figure down.
-PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "ATTACH": "attach", "DETACH": "detach"}
+PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "BOOTELFHP": "bootelfhp", "ATTACH": "attach",
+             "DETACH": "detach", "ATTACHHP": "attachhp", "DETACHHP": "detachhp"}
 
 
 def read_runs(path):
@@ -62,7 +68,7 @@ phases = read_phases(os.path.join(results, "bench-phases.txt"))
 before_runs = read_runs(os.path.join(previous_dir, "bench-boot.txt"))
 before_phases = read_phases(os.path.join(previous_dir, "bench-phases.txt"))
 missing = False
-optional = {"BOOTELF"}
+optional = {"BOOTELF", "BOOTELFHP"}
 only = set(LABELS) if section == "all" else SECTIONS[section]
 
 # Reconfiguring one vfvmm VM's PF (VF count through 0): by pause vs by detach.

@@ -7,11 +7,14 @@
 #           (vfvmm: 64-bit entry; QEMU: PVH entry), i.e. without in-guest decompression
 #   BOOTHP  BOOT with guest RAM in 2 MiB huge pages (vfvmm: --memory ...,hugepages=on; QEMU:
 #           -mem-path on hugetlbfs)
+#   BOOTELFHP  BOOTELF with huge pages: both, the fastest boot of the same guest either VMM offers
 #   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
 #   ATTACH  hot-attach: API call (vfctl add-device / QMP device_add into a pcie-root-port) ->
-#           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console)
+#           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console); FIRSTATTACH: the
+#           VM's first one (it also pins guest RAM the guest never touched)
 #   DETACH  hot-detach: API call (vfctl remove-device / QMP device_del) -> the VF is free in L1
 #           (its /dev/vfio group can be opened again)
+#   ATTACHHP, FIRSTATTACHHP, DETACHHP: the same with guest RAM in huge pages
 #   RECONF_PAUSE / RECONF_DETACH: reconfiguring one vfvmm VM's PF by pause vs by detach (below)
 #   MULTI_*  vfctl reconfigure of two VMs, pause vs detach mode (below)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms), and
@@ -85,6 +88,8 @@ section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_qemu BOOTHP "hp-boot-qemu-$round" $(qemu_cmd) -mem-path /dev/hugepages
     boot_vfvmm BOOTELF bootelf "elf-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|")
     boot_qemu BOOTELF "elf-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|")
+    boot_vfvmm BOOTELFHP bootelfhp "elfhp-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|; s|size=256M|size=256M,hugepages=on|")
+    boot_qemu BOOTELFHP "elfhp-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|") -mem-path /dev/hugepages
 done
 # The other sections run without huge pages: give L1 its memory back.
 echo 0 > /proc/sys/vm/nr_hugepages
@@ -256,54 +261,74 @@ vf_free_ns() {
     done
     return 1
 }
-hotplug_rounds() {  # hotplug_rounds NAME VMM ATTACH-CMD -- DETACH-CMD: each CMD is one string, eval'd
-    local name=$1 vmm=$2 attach=$3 detach=$5 round t0 t1
+# hotplug_rounds NAME VMM SUFFIX ATTACH-CMD -- DETACH-CMD: each CMD is one string, eval'd.
+# Figures ATTACH$SUFFIX / DETACH$SUFFIX per round, and FIRSTATTACH$SUFFIX for the VM's first
+# attach (the one that pins guest RAM the guest never touched); vfvmm's phases under the
+# timelines attach$suffix / detach$suffix (lower case).
+hotplug_rounds() {
+    local name=$1 vmm=$2 suffix=$3 attach=$4 detach=$6 round t0 t1 ms
+    local timeline=${suffix,,}
     wait_for_marker "$name" L2-READY-FOR-HOTPLUG 300 || return
     for round in 1 2 3; do
         t0=$(now_ns)
         eval "$attach"
         wait_for_marker "$name" "L2-HOTPLUG-PING round=$round" 300 || return
         t1=$(marker_ns "$name" "L2-HOTPLUG-BOUND round=$round")
-        echo "ATTACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
-        [[ $vmm == vfvmm ]] && vfvmm_phases attach "$round" $(((t1 - t0) / 1000000)) "rest: API client; guest driver until bound"
+        ms=$(((t1 - t0) / 1000000))
+        echo "ATTACH$suffix $vmm $round $ms" | tee -a "$out"
+        ((round == 1)) && echo "FIRSTATTACH$suffix $vmm $round $ms" | tee -a "$out"
+        [[ $vmm == vfvmm ]] && vfvmm_phases attach "attach$timeline" "$round" "$ms" "rest: API client; guest driver until bound"
         t0=$(now_ns)
         eval "$detach"
-        t1=$(vf_free_ns) && echo "DETACH $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
-        [[ $vmm == vfvmm ]] && vfvmm_phases detach "$round" $(((t1 - t0) / 1000000)) "rest: API client; VF seen free by the poll"
+        t1=$(vf_free_ns) && echo "DETACH$suffix $vmm $round $(((t1 - t0) / 1000000))" | tee -a "$out"
+        [[ $vmm == vfvmm ]] && vfvmm_phases detach "detach$timeline" "$round" $(((t1 - t0) / 1000000)) "rest: API client; VF seen free by the poll"
         wait_for_marker "$name" "L2-HOTPLUG-GONE round=$round" 120 || return
     done
 }
 SOCK=/tmp/bench-vfvmm.sock
-# vfvmm_phases attach|detach ROUND TOTAL REST-NAME: the last attach/detach's phases from vm.info.
+# vfvmm_phases attach|detach TIMELINE ROUND TOTAL REST-NAME: the last attach/detach's phases
+# from vm.info, tabulated under TIMELINE.
 vfvmm_phases() {
     local line sum
     line=$("$VFCTL" --api-socket "$SOCK" --json info | python3 -c '
 import json, sys
 t = json.load(sys.stdin)["timings"]["last_" + sys.argv[1]] or {"phases": []}
 print("; ".join("%s +%d ms" % (p["phase"], p["ms"]) for p in t["phases"]))' "$1")
-    sum=$(timing_phases "$1" "$2" "$line")
-    rest_phase "$1" "$2" "$3" "$sum" "$4"
+    sum=$(timing_phases "$2" "$3" "$line")
+    rest_phase "$2" "$3" "$4" "$sum" "$5"
 }
-# shellcheck disable=SC2046
-vmm_start hp-vfvmm 900 -- $(vfvmm_cmd) --api-socket "path=$SOCK" --cmdline "$HPARGS"
-hotplug_rounds hp-vfvmm vfvmm "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \
-    -- "\"$VFCTL\" --api-socket $SOCK remove-device vf0 >/dev/null"
-"$VFCTL" --api-socket "$SOCK" shutdown-vmm > /dev/null 2>&1
-vmm_wait hp-vfvmm
-
 # QEMU: one QMP connection made beforehand, commands written to it through a fifo.
 QMP=/tmp/bench-qemu.qmp
 mkfifo /tmp/bench-qmp-in
-# shellcheck disable=SC2046
-vmm_start hp-qemu 900 -- $(qemu_cmd) -device pcie-root-port,id=hprp,chassis=2,slot=2 \
-    -qmp "unix:$QMP,server=on,wait=off" -append "$HPARGS"
-for _ in $(seq 100); do [[ -S $QMP ]] && break; nap 0.1; done
-python3 "$HERE/qmp.py" "$QMP" --serve /tmp/bench-qmp-in > "$RESULTS/hp-qemu.qmp" 2>&1 &
-exec 5>/tmp/bench-qmp-in
-until grep -q QMP-READY "$RESULTS/hp-qemu.qmp" 2>/dev/null; do nap 0.1; done
-hotplug_rounds hp-qemu qemu "echo '{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"vfio-pci\",\"host\":\"$VF0\",\"bus\":\"hprp\",\"id\":\"vf0\"}}' >&5" \
-    -- "echo '{\"execute\":\"device_del\",\"arguments\":{\"id\":\"vf0\"}}' >&5"
-echo '{"execute":"quit"}' >&5
-exec 5>&-
-vmm_wait hp-qemu
+# hotplug_pair SUFFIX: a vfvmm VM, then a QEMU VM, 3 rounds each; SUFFIX HP: guest RAM in huge
+# pages (vfvmm: --memory ...,hugepages=on; QEMU: -mem-path on hugetlbfs).
+hotplug_pair() {
+    local suffix=$1 vfvmm_mem=size=256M qemu_mem=()
+    if [[ $suffix == HP ]]; then vfvmm_mem=size=256M,hugepages=on qemu_mem=(-mem-path /dev/hugepages); fi
+    # shellcheck disable=SC2046
+    vmm_start "hp$suffix-vfvmm" 900 -- $(vfvmm_cmd | sed "s|size=256M|$vfvmm_mem|") --api-socket "path=$SOCK" --cmdline "$HPARGS"
+    hotplug_rounds "hp$suffix-vfvmm" vfvmm "$suffix" "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \
+        -- "\"$VFCTL\" --api-socket $SOCK remove-device vf0 >/dev/null"
+    "$VFCTL" --api-socket "$SOCK" shutdown-vmm > /dev/null 2>&1
+    vmm_wait "hp$suffix-vfvmm"
+
+    rm -f "$QMP"
+    # shellcheck disable=SC2046
+    vmm_start "hp$suffix-qemu" 900 -- $(qemu_cmd) "${qemu_mem[@]}" -device pcie-root-port,id=hprp,chassis=2,slot=2 \
+        -qmp "unix:$QMP,server=on,wait=off" -append "$HPARGS"
+    for _ in $(seq 100); do [[ -S $QMP ]] && break; nap 0.1; done
+    python3 "$HERE/qmp.py" "$QMP" --serve /tmp/bench-qmp-in > "$RESULTS/hp$suffix-qemu.qmp" 2>&1 &
+    exec 5>/tmp/bench-qmp-in
+    until grep -q QMP-READY "$RESULTS/hp$suffix-qemu.qmp" 2>/dev/null; do nap 0.1; done
+    hotplug_rounds "hp$suffix-qemu" qemu "$suffix" "echo '{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"vfio-pci\",\"host\":\"$VF0\",\"bus\":\"hprp\",\"id\":\"vf0\"}}' >&5" \
+        -- "echo '{\"execute\":\"device_del\",\"arguments\":{\"id\":\"vf0\"}}' >&5"
+    echo '{"execute":"quit"}' >&5
+    exec 5>&-
+    vmm_wait "hp$suffix-qemu"
+}
+hotplug_pair ""
+# Huge pages for the second pair only (160 x 2 MiB: one 256 MiB guest at a time).
+echo 160 > /proc/sys/vm/nr_hugepages
+hotplug_pair HP
+echo 0 > /proc/sys/vm/nr_hugepages
 exit 0

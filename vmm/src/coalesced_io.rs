@@ -14,7 +14,7 @@
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring, KVM_COALESCED_MMIO_PAGE_OFFSET};
@@ -59,6 +59,9 @@ pub struct CoalescedRing {
     /// Replays are serialized: entries leave the ring only after they were delivered, so a
     /// vCPU that finds the ring busy waits until everything queued before its exit is replayed.
     replaying: Mutex<()>,
+    /// Set when the indices were found outside the ring (not a state KVM produces): the ring
+    /// is not read again, rather than read outside its page.
+    corrupt: AtomicBool,
 }
 
 // SAFETY: the ring page is shared with the kernel by design; this type only touches it through
@@ -100,8 +103,13 @@ impl CoalescedRing {
         let ring = NonNull::new(addr.cast::<kvm_coalesced_mmio_ring>())
             .ok_or_else(|| CoalescedIoError::Map(std::io::Error::other("mmap returned null")))?;
         // Dropped (unmapped) on any error below, before anything is queued in it.
-        let this =
-            Self { ring, capacity: Self::capacity_of(page_size), mapping: Some(page_size), replaying: Mutex::new(()) };
+        let this = Self {
+            ring,
+            capacity: Self::capacity_of(page_size),
+            mapping: Some(page_size),
+            replaying: Mutex::new(()),
+            corrupt: AtomicBool::new(false),
+        };
         for (i, &(port, len)) in COALESCED_PORTS.iter().enumerate() {
             if let Err(source) = vm.register_coalesced_mmio(IoEventAddress::Pio(u64::from(port)), len) {
                 for &(done, len) in &COALESCED_PORTS[..i] {
@@ -131,7 +139,9 @@ impl CoalescedRing {
 
     /// Hands every queued write to `deliver`, oldest first; returns how many there were.
     pub fn replay(&self, mut deliver: impl FnMut(QueuedWrite)) -> usize {
-        if self.first().load(Ordering::Acquire) == self.last().load(Ordering::Acquire) {
+        if self.corrupt.load(Ordering::Relaxed)
+            || self.first().load(Ordering::Acquire) == self.last().load(Ordering::Acquire)
+        {
             return 0;
         }
         let _serialized = self.replaying.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -143,9 +153,10 @@ impl CoalescedRing {
                 break;
             }
             if first >= self.capacity || last >= self.capacity {
-                // Not a state KVM produces; drop the queue rather than read outside the page.
-                log::error!("coalesced write ring out of bounds (first {first}, last {last}); dropping it");
-                self.first().store(last.min(self.capacity.saturating_sub(1)), Ordering::Release);
+                log::error!(
+                    "KVM's ring of queued writes is out of bounds (first {first}, last {last}); not reading it again"
+                );
+                self.corrupt.store(true, Ordering::Relaxed);
                 break;
             }
             // SAFETY: `first < capacity`, so the entry lies inside the ring page; KVM published it
@@ -198,6 +209,7 @@ mod tests {
                 capacity: CoalescedRing::capacity_of(4096),
                 mapping: None,
                 replaying: Mutex::new(()),
+                corrupt: AtomicBool::new(false),
             };
             Self { page, ring }
         }
@@ -269,9 +281,10 @@ mod tests {
     }
 
     #[test]
-    fn indices_out_of_bounds_drop_the_queue_instead_of_reading_past_the_page() {
+    fn indices_out_of_bounds_stop_the_replay_instead_of_reading_past_the_page() {
         let fake = FakeKvmRing::new();
         fake.ring.last().store(100_000, Ordering::Release);
         assert_eq!(fake.ring.replay(|w| panic!("read outside the ring: {w:?}")), 0);
+        assert_eq!(fake.ring.replay(|w| panic!("read a corrupt ring again: {w:?}")), 0);
     }
 }

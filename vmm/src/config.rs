@@ -34,8 +34,8 @@ pub enum ConfigError {
     InvalidSize(String),
     #[error("--memory: size={0} is too small (at least 2M)")]
     MemoryTooSmall(String),
-    #[error("--memory: hugepages={0} is not on or off")]
-    InvalidHugepages(String),
+    #[error("--memory: {key}={value} is not on or off")]
+    InvalidSwitch { key: &'static str, value: String },
     #[error("--memory: size={0} is not a whole number of 2 MiB huge pages")]
     HugepageMultiple(String),
     #[error("--serial: '{0}' is not tty, off or file=PATH")]
@@ -77,8 +77,9 @@ pub struct Cli {
     #[arg(long, value_name = "boot=N")]
     pub cpus: Option<String>,
     /// Guest RAM: size=SIZE with K/M/G/T suffix (default 512M); hugepages=on backs it with
-    /// 2 MiB huge pages (the host must have them free: /proc/sys/vm/nr_hugepages).
-    #[arg(long, value_name = "size=SIZE[,hugepages=on|off]")]
+    /// 2 MiB huge pages (the host must have them free: /proc/sys/vm/nr_hugepages); prefault=on
+    /// allocates all of it and maps it for the guest before the guest starts.
+    #[arg(long, value_name = "size=SIZE[,hugepages=on|off][,prefault=on|off]")]
     pub memory: Option<String>,
     /// Serial console: tty (default), off, or file=PATH.
     #[arg(long, value_name = "tty|off|file=PATH")]
@@ -147,6 +148,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Guest RAM in 2 MiB huge pages (hugetlbfs).
     pub hugepages: bool,
+    /// Guest RAM allocated, and mapped for the guest, before the guest starts.
+    pub prefault: bool,
     pub serial: SerialConfig,
     pub devices: Vec<DeviceConfig>,
     pub api_socket: Option<PathBuf>,
@@ -216,23 +219,36 @@ fn parse_cpus(value: &str) -> Result<u8, ConfigError> {
     }
 }
 
-/// `(size in bytes, hugepages)`.
-fn parse_memory(value: &str) -> Result<(u64, bool), ConfigError> {
-    let pairs = key_values("memory", value, &["size", "hugepages"], "size=SIZE[,hugepages=on|off]")?;
+/// What `--memory` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemorySpec {
+    bytes: u64,
+    hugepages: bool,
+    prefault: bool,
+}
+
+fn parse_memory(value: &str) -> Result<MemorySpec, ConfigError> {
+    let pairs = key_values(
+        "memory",
+        value,
+        &["size", "hugepages", "prefault"],
+        "size=SIZE[,hugepages=on|off][,prefault=on|off]",
+    )?;
     let size = required("memory", &pairs, "size")?;
     let bytes = parse_size(size).ok_or_else(|| ConfigError::InvalidSize(size.to_string()))?;
     if bytes < MIN_MEMORY {
         return Err(ConfigError::MemoryTooSmall(size.to_string()));
     }
-    let hugepages = match pairs.iter().find(|(k, _)| *k == "hugepages").map(|(_, v)| *v) {
-        None | Some("off") => false,
-        Some("on") => true,
-        Some(other) => return Err(ConfigError::InvalidHugepages(other.to_string())),
+    let switch = |key: &'static str| match pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v) {
+        None | Some("off") => Ok(false),
+        Some("on") => Ok(true),
+        Some(other) => Err(ConfigError::InvalidSwitch { key, value: other.to_string() }),
     };
+    let (hugepages, prefault) = (switch("hugepages")?, switch("prefault")?);
     if hugepages && !bytes.is_multiple_of(crate::memory::HUGE_PAGE_SIZE) {
         return Err(ConfigError::HugepageMultiple(size.to_string()));
     }
-    Ok((bytes, hugepages))
+    Ok(MemorySpec { bytes, hugepages, prefault })
 }
 
 fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
@@ -310,8 +326,12 @@ impl Cli {
     /// Validates everything that can be checked before touching KVM.
     pub fn validate(&self) -> Result<(KernelConfig, VmConfig), ConfigError> {
         let cpus = self.cpus.as_deref().map(parse_cpus).transpose()?.unwrap_or(DEFAULT_CPUS);
-        let (memory, hugepages) =
-            self.memory.as_deref().map(parse_memory).transpose()?.unwrap_or((DEFAULT_MEMORY, false));
+        let MemorySpec { bytes: memory, hugepages, prefault } = self
+            .memory
+            .as_deref()
+            .map(parse_memory)
+            .transpose()?
+            .unwrap_or(MemorySpec { bytes: DEFAULT_MEMORY, hugepages: false, prefault: false });
         let serial = self.serial.as_deref().map(parse_serial).transpose()?.unwrap_or(SerialConfig::Tty);
         let devices = self.device.iter().map(|d| parse_device(d)).collect::<Result<Vec<_>, _>>()?;
         for (i, d) in devices.iter().enumerate() {
@@ -367,6 +387,7 @@ impl Cli {
                 cpus,
                 memory,
                 hugepages,
+                prefault,
                 serial,
                 devices,
                 api_socket,
@@ -451,7 +472,9 @@ mod tests {
         let (_, vc) = validate(&["--kernel", p, "--memory", "size=256M,hugepages=on"]).unwrap();
         assert_eq!((vc.memory, vc.hugepages), (256 << 20, true));
         let (_, vc) = validate(&["--kernel", p, "--memory", "size=255M,hugepages=off"]).unwrap();
-        assert_eq!((vc.memory, vc.hugepages), (255 << 20, false));
+        assert_eq!((vc.memory, vc.hugepages, vc.prefault), (255 << 20, false, false));
+        let (_, vc) = validate(&["--kernel", p, "--memory", "size=256M,prefault=on,hugepages=on"]).unwrap();
+        assert_eq!((vc.memory, vc.hugepages, vc.prefault), (256 << 20, true, true));
 
         let (kc, vc) = validate(&[
             "--kernel",
@@ -537,7 +560,14 @@ mod tests {
             (vec!["--kernel", p, "--memory", "size=1M"], ConfigError::MemoryTooSmall("1M".into())),
             (vec!["--kernel", p, "--memory", "size=lots"], ConfigError::InvalidSize("lots".into())),
             (vec!["--kernel", p, "--memory", "size="], ConfigError::InvalidSize("".into())),
-            (vec!["--kernel", p, "--memory", "size=256M,hugepages=yes"], ConfigError::InvalidHugepages("yes".into())),
+            (
+                vec!["--kernel", p, "--memory", "size=256M,hugepages=yes"],
+                ConfigError::InvalidSwitch { key: "hugepages", value: "yes".into() },
+            ),
+            (
+                vec!["--kernel", p, "--memory", "size=256M,prefault=1"],
+                ConfigError::InvalidSwitch { key: "prefault", value: "1".into() },
+            ),
             (vec!["--kernel", p, "--memory", "size=255M,hugepages=on"], ConfigError::HugepageMultiple("255M".into())),
             (
                 vec!["--kernel", p, "--memory", "256M"],

@@ -72,7 +72,7 @@ impl Vm {
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(|e| VmmError::Kvm(format!("cannot create the PIT: {e}")))?;
 
-        let memory = create_guest_memory(config.memory, phys_bits, config.hugepages)?;
+        let memory = create_guest_memory(config.memory, phys_bits, config.hugepages, config.prefault)?;
         register_with_kvm(&fd, &memory)?;
         arch::regs::write_reset_vector(&memory).map_err(boot::BootError::from)?;
         let windows = arch::layout::pci_windows(config.memory, phys_bits);
@@ -202,8 +202,16 @@ impl Vm {
             None
         };
 
-        log::info!("VM set up in {} ms; starting {} vCPU(s)", crate::process_age_ms(), vcpus.len());
         self.mark_boot("vCPUs created");
+        if self.config.prefault {
+            if let Some(vcpu) = vcpus.first() {
+                match crate::memory::map_ahead_of_guest(&self.fd, vcpu, &self.memory) {
+                    Ok(()) => self.mark_boot("guest RAM mapped ahead of the guest"),
+                    Err(e) => log::warn!("prefault: {e}; the guest's first touches map its pages instead"),
+                }
+            }
+        }
+        log::info!("VM set up in {} ms; starting {} vCPU(s)", crate::process_age_ms(), vcpus.len());
         let mut handles = Vec::with_capacity(vcpus.len());
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             match VcpuHandle::spawn(id as u8, vcpu, shared.clone()) {

@@ -61,6 +61,7 @@ fn ping_info_pause_resume_shutdown() {
         cpus: 2,
         memory: 16 << 20,
         hugepages: false,
+        prefault: false,
         serial: SerialConfig::File(out.clone()),
         devices: vec![],
         api_socket: Some(sock.clone()),

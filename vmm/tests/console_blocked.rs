@@ -40,6 +40,7 @@ fn a_console_nobody_reads_never_stalls_the_vmm() {
         cpus: 1,
         memory: 16 << 20,
         hugepages: false,
+        prefault: false,
         serial: SerialConfig::Tty,
         devices: vec![],
         api_socket: Some(sock.clone()),

@@ -83,6 +83,7 @@ fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u
         cpus: 1,
         memory: 16 << 20,
         hugepages: false,
+        prefault: false,
         serial: SerialConfig::File(out.clone()),
         devices: vec![],
         api_socket: None,

@@ -15,6 +15,7 @@ fn sigterm_stops_the_vm_cleanly() {
         cpus: 2,
         memory: 16 << 20,
         hugepages: false,
+        prefault: false,
         serial: SerialConfig::Off,
         devices: vec![],
         api_socket: None,

@@ -44,4 +44,20 @@ echo "held=$(($(cat $hp/nr_hugepages) - $(cat $hp/free_hugepages) + $(cat $hp/re
 guest_cmd boot-hugepages 60 "poweroff -f" > /dev/null || true
 vmm_wait boot-hugepages || true
 echo 0 > /proc/sys/vm/nr_hugepages
+
+# Guest RAM prefaulted: all of it allocated before the guest starts (the VM holds it while the
+# guest idles at its shell) and mapped ahead of the guest (the boot timeline says so).
+RUST_LOG=info vmm_start boot-prefault 300 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
+    --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M,prefault=on \
+    --cmdline "$CMDLINE l2.action=shell"
+wait_for_marker boot-prefault "L2-ACTION shell" 240 || true
+# vfvmm is the child of the timeout process vmm_start started.
+for p in /proc/[0-9]*; do
+    read -r -a st < "$p/stat" 2>/dev/null || continue
+    if [[ ${st[3]} == "${_VMM_PID[boot-prefault]}" ]]; then
+        echo "rss_kib=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "$p/status")" > "$RESULTS/prefault-rss.txt"
+    fi
+done
+guest_cmd boot-prefault 60 "poweroff -f" > /dev/null || true
+vmm_wait boot-prefault || true
 exit 0

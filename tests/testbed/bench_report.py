@@ -18,17 +18,21 @@ results, section, previous_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 
 LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", "RTT": "ping RTT via the VF (ms)",
           "BOOTELF": "boot-to-init, ELF vmlinux (ms)", "BOOTHP": "boot-to-init, huge pages (ms)",
-          "BOOTELFHP": "boot-to-init, ELF + huge pages (ms)",
+          "BOOTELFHP": "boot-to-init, ELF + huge pages (ms)", "BOOTPF": "boot-to-init, RAM prefaulted (ms)",
           "ATTACH": "hot-attach -> driver bound (ms)", "FIRSTATTACH": "a VM's first hot-attach (ms)",
           "DETACH": "hot-detach -> VF free on host (ms)",
           "ATTACHHP": "hot-attach, huge pages (ms)", "FIRSTATTACHHP": "first hot-attach, huge pages (ms)",
-          "DETACHHP": "hot-detach, huge pages (ms)"}
-SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP", "BOOTELFHP"}, "vf": {"BOOTVF", "RTT"},
-            "hotplug": {"ATTACH", "FIRSTATTACH", "DETACH", "ATTACHHP", "FIRSTATTACHHP", "DETACHHP"}, "reconf": set(),
+          "DETACHHP": "hot-detach, huge pages (ms)",
+          "ATTACHPF": "hot-attach, RAM prefaulted (ms)", "FIRSTATTACHPF": "first hot-attach, RAM prefaulted (ms)",
+          "DETACHPF": "hot-detach, RAM prefaulted (ms)"}
+SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP", "BOOTELFHP", "BOOTPF"}, "vf": {"BOOTVF", "RTT"},
+            "hotplug": {"ATTACH", "FIRSTATTACH", "DETACH", "ATTACHHP", "FIRSTATTACHHP", "DETACHHP", "ATTACHPF",
+                        "FIRSTATTACHPF", "DETACHPF"}, "reconf": set(),
             "multi": set()}
 # Which timeline breaks which figure down.
-PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "BOOTELFHP": "bootelfhp", "ATTACH": "attach",
-             "DETACH": "detach", "ATTACHHP": "attachhp", "DETACHHP": "detachhp"}
+PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "BOOTELFHP": "bootelfhp", "BOOTPF": "bootpf",
+             "ATTACH": "attach", "DETACH": "detach", "ATTACHHP": "attachhp", "DETACHHP": "detachhp",
+             "ATTACHPF": "attachpf", "DETACHPF": "detachpf"}
 
 
 def read_runs(path):
@@ -157,8 +161,12 @@ def chart(path):
     kinds = [k for k in LABELS if k in only and k != "RTT" and runs.get((k, "vfvmm"))]
     if not kinds:
         return False
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 7.5), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    cols = min(len(kinds), 6)
+    rows = (len(kinds) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 7.5 * rows), squeeze=False)
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    for ax, kind in zip(axes.flat, kinds):
         bars = [("vfvmm", median(runs.get((kind, "vfvmm"), [])))]
         if runs.get((kind, "qemu")):
             bars.append(("QEMU", median(runs[(kind, "qemu")])))

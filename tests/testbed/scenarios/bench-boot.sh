@@ -8,6 +8,8 @@
 #   BOOTHP  BOOT with guest RAM in 2 MiB huge pages (vfvmm: --memory ...,hugepages=on; QEMU:
 #           -mem-path on hugetlbfs)
 #   BOOTELFHP  BOOTELF with huge pages: both, the fastest boot of the same guest either VMM offers
+#   BOOTPF  BOOT with guest RAM allocated before the guest starts (vfvmm: --memory ...,prefault=on,
+#           which also maps it ahead of the guest; QEMU: -mem-prealloc)
 #   RTT     average ping RTT to the PF through VF0 (20 pings, 0.2 s apart)
 #   ATTACH  hot-attach: API call (vfctl add-device / QMP device_add into a pcie-root-port) ->
 #           the guest's igbvf bound (L2-HOTPLUG-BOUND seen on the console); FIRSTATTACH: the
@@ -15,6 +17,7 @@
 #   DETACH  hot-detach: API call (vfctl remove-device / QMP device_del) -> the VF is free in L1
 #           (its /dev/vfio group can be opened again)
 #   ATTACHHP, FIRSTATTACHHP, DETACHHP: the same with guest RAM in huge pages
+#   ATTACHPF, FIRSTATTACHPF, DETACHPF: the same with guest RAM prefaulted (as BOOTPF)
 #   RECONF_PAUSE / RECONF_DETACH: reconfiguring one vfvmm VM's PF by pause vs by detach (below)
 #   MULTI_*  vfctl reconfigure of two VMs, pause vs detach mode (below)
 # Writes $RESULTS/bench-boot.txt: "<KIND> <vmm> <round> <value>" lines (ms), and
@@ -84,6 +87,8 @@ boot_qemu() {  # boot_qemu KIND NAME ARGS...
 section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_vfvmm BOOT boot "boot-vfvmm-$round" $(vfvmm_cmd)
     boot_qemu BOOT "boot-qemu-$round" $(qemu_cmd)
+    boot_vfvmm BOOTPF bootpf "pf-boot-vfvmm-$round" $(vfvmm_cmd | sed "s|size=256M|size=256M,prefault=on|")
+    boot_qemu BOOTPF "pf-boot-qemu-$round" $(qemu_cmd) -mem-prealloc
     boot_vfvmm BOOTHP boothp "hp-boot-vfvmm-$round" $(vfvmm_cmd | sed "s|size=256M|size=256M,hugepages=on|")
     boot_qemu BOOTHP "hp-boot-qemu-$round" $(qemu_cmd) -mem-path /dev/hugepages
     boot_vfvmm BOOTELF bootelf "elf-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|")
@@ -301,10 +306,15 @@ print("; ".join("%s +%d ms" % (p["phase"], p["ms"]) for p in t["phases"]))' "$1"
 QMP=/tmp/bench-qemu.qmp
 mkfifo /tmp/bench-qmp-in
 # hotplug_pair SUFFIX: a vfvmm VM, then a QEMU VM, 3 rounds each; SUFFIX HP: guest RAM in huge
-# pages (vfvmm: --memory ...,hugepages=on; QEMU: -mem-path on hugetlbfs).
+# pages (vfvmm: --memory ...,hugepages=on; QEMU: -mem-path on hugetlbfs); PF: guest RAM
+# allocated before the guest starts (vfvmm: prefault=on, which also maps it ahead of the guest;
+# QEMU: -mem-prealloc).
 hotplug_pair() {
     local suffix=$1 vfvmm_mem=size=256M qemu_mem=()
-    if [[ $suffix == HP ]]; then vfvmm_mem=size=256M,hugepages=on qemu_mem=(-mem-path /dev/hugepages); fi
+    case $suffix in
+        HP) vfvmm_mem=size=256M,hugepages=on qemu_mem=(-mem-path /dev/hugepages) ;;
+        PF) vfvmm_mem=size=256M,prefault=on qemu_mem=(-mem-prealloc) ;;
+    esac
     # shellcheck disable=SC2046
     vmm_start "hp$suffix-vfvmm" 900 -- $(vfvmm_cmd | sed "s|size=256M|$vfvmm_mem|") --api-socket "path=$SOCK" --cmdline "$HPARGS"
     hotplug_rounds "hp$suffix-vfvmm" vfvmm "$suffix" "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \
@@ -327,6 +337,7 @@ hotplug_pair() {
     vmm_wait "hp$suffix-qemu"
 }
 hotplug_pair ""
+hotplug_pair PF
 # Huge pages for the second pair only (160 x 2 MiB: one 256 MiB guest at a time).
 echo 160 > /proc/sys/vm/nr_hugepages
 hotplug_pair HP

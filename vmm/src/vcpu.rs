@@ -97,13 +97,12 @@ impl VcpuShared {
         let Some(ring) = &self.queued_writes else { return };
         let replayed = ring.replay(|w| {
             if let Ok(io) = self.io.read() {
-                let handled = if w.pio {
-                    io.pio_write(PioAddress(w.addr as u16), w.bytes()).is_ok()
+                if w.pio {
+                    let handled = io.pio_write(PioAddress(w.addr as u16), w.bytes()).is_ok();
+                    counters.unhandled_pio += u64::from(!handled);
                 } else {
-                    io.mmio_write(MmioAddress(w.addr), w.bytes()).is_ok()
-                };
-                if !handled {
-                    counters.unhandled_pio += 1;
+                    let handled = io.mmio_write(MmioAddress(w.addr), w.bytes()).is_ok();
+                    counters.unhandled_mmio += u64::from(!handled);
                 }
             }
         });

@@ -126,7 +126,7 @@ impl Vm {
     fn config_json(&self) -> serde_json::Value {
         serde_json::json!({
             "cpus": { "boot_vcpus": self.config.cpus },
-            "memory": { "size": self.config.memory },
+            "memory": { "size": self.config.memory, "hugepages": self.config.hugepages, "prefault": self.config.prefault },
             "devices": self.config.devices.iter().map(|d| serde_json::json!({
                 "path": d.path.display().to_string(), "id": d.id })).collect::<Vec<_>>(),
         })

@@ -92,6 +92,11 @@ fn ping_info_pause_resume_shutdown() {
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(info["state"], "Running");
     assert_eq!(info["config"]["cpus"]["boot_vcpus"], 2);
+    let memory = &info["config"]["memory"];
+    assert_eq!(
+        (memory["size"].as_u64(), memory["hugepages"].as_bool(), memory["prefault"].as_bool()),
+        (Some(16 << 20), Some(false), Some(false))
+    );
 
     // The guest is printing (polled: a loaded 2-core machine may take a while).
     let before = size(&out);

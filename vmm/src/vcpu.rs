@@ -91,19 +91,25 @@ pub struct VcpuShared {
 }
 
 impl VcpuShared {
+    /// A guest port write to the bus; whether a device took it.
+    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.io.read().map(|io| io.pio_write(PioAddress(port), data).is_ok()).unwrap_or(false)
+    }
+
+    /// A guest MMIO write to the bus; whether a device took it.
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        self.io.read().map(|io| io.mmio_write(MmioAddress(addr), data).is_ok()).unwrap_or(false)
+    }
+
     /// Replays the writes KVM queued before the exit being handled, so that the exit's access
     /// sees them; counts them in `counters`.
     fn replay_queued_writes(&self, counters: &mut ExitCounters) {
         let Some(ring) = &self.queued_writes else { return };
         let replayed = ring.replay(|w| {
-            if let Ok(io) = self.io.read() {
-                if w.pio {
-                    let handled = io.pio_write(PioAddress(w.addr as u16), w.bytes()).is_ok();
-                    counters.unhandled_pio += u64::from(!handled);
-                } else {
-                    let handled = io.mmio_write(MmioAddress(w.addr), w.bytes()).is_ok();
-                    counters.unhandled_mmio += u64::from(!handled);
-                }
+            if w.pio {
+                counters.unhandled_pio += u64::from(!self.pio_write(w.addr as u16, w.bytes()));
+            } else {
+                counters.unhandled_mmio += u64::from(!self.mmio_write(w.addr, w.bytes()));
             }
         });
         counters.queued_writes += replayed as u64;
@@ -259,7 +265,7 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
             }
         }
         VcpuExit::IoOut(port, data) => {
-            let handled = shared.io.read().map(|io| io.pio_write(PioAddress(port), data).is_ok()).unwrap_or(false);
+            let handled = shared.pio_write(port, data);
             counters.record_pio(port, handled);
         }
         VcpuExit::MmioRead(addr, data) => {
@@ -275,7 +281,7 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
-            let handled = shared.io.read().map(|io| io.mmio_write(MmioAddress(addr), data).is_ok()).unwrap_or(false);
+            let handled = shared.mmio_write(addr, data);
             counters.record_mmio(addr, handled, &shared.pci_windows);
             if !handled {
                 warn_ratelimited!(

@@ -52,10 +52,20 @@ timing_phases() {
 # rest_phase TIMELINE ROUND TOTAL SUM NAME: what the figure has beyond vfvmm's timeline.
 rest_phase() { [[ $3 =~ ^[0-9]+$ ]] && printf '%s\t%s\t%s\t%d\n' "$1" "$2" "$5" $(($3 - $4)) >> "$phases_out"; }
 
-vfvmm_cmd() { echo "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus boot=1 --memory size=256M; }
+# vfvmm_cmd / qemu_cmd [MEMORY]: the VMM's command line; MEMORY: "" 4 KiB pages (default), HP
+# guest RAM in 2 MiB huge pages (vfvmm hugepages=on; QEMU -mem-path on hugetlbfs), PF guest RAM
+# allocated before the guest starts (vfvmm prefault=on, which also maps it ahead of the guest;
+# QEMU -mem-prealloc).
+vfvmm_cmd() {
+    local memory=size=256M
+    case ${1:-} in HP) memory+=,hugepages=on ;; PF) memory+=,prefault=on ;; esac
+    echo "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" --initramfs "$TESTBED_CACHE/l2.cpio.gz" --cpus boot=1 --memory "$memory"
+}
 qemu_cmd() {
+    local memory=()
+    case ${1:-} in HP) memory=(-mem-path /dev/hugepages) ;; PF) memory=(-mem-prealloc) ;; esac
     echo qemu-system-x86_64 -enable-kvm -cpu host -M q35 -m 256 -smp 1 -nographic -nodefaults -no-reboot \
-        -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz"
+        -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz" "${memory[@]}"
 }
 
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
@@ -87,14 +97,14 @@ boot_qemu() {  # boot_qemu KIND NAME ARGS...
 section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_vfvmm BOOT boot "boot-vfvmm-$round" $(vfvmm_cmd)
     boot_qemu BOOT "boot-qemu-$round" $(qemu_cmd)
-    boot_vfvmm BOOTPF bootpf "pf-boot-vfvmm-$round" $(vfvmm_cmd | sed "s|size=256M|size=256M,prefault=on|")
-    boot_qemu BOOTPF "pf-boot-qemu-$round" $(qemu_cmd) -mem-prealloc
-    boot_vfvmm BOOTHP boothp "hp-boot-vfvmm-$round" $(vfvmm_cmd | sed "s|size=256M|size=256M,hugepages=on|")
-    boot_qemu BOOTHP "hp-boot-qemu-$round" $(qemu_cmd) -mem-path /dev/hugepages
+    boot_vfvmm BOOTPF bootpf "pf-boot-vfvmm-$round" $(vfvmm_cmd PF)
+    boot_qemu BOOTPF "pf-boot-qemu-$round" $(qemu_cmd PF)
+    boot_vfvmm BOOTHP boothp "hp-boot-vfvmm-$round" $(vfvmm_cmd HP)
+    boot_qemu BOOTHP "hp-boot-qemu-$round" $(qemu_cmd HP)
     boot_vfvmm BOOTELF bootelf "elf-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|")
     boot_qemu BOOTELF "elf-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|")
-    boot_vfvmm BOOTELFHP bootelfhp "elfhp-vfvmm-$round" $(vfvmm_cmd | sed "s|vmlinuz|vmlinux|; s|size=256M|size=256M,hugepages=on|")
-    boot_qemu BOOTELFHP "elfhp-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|") -mem-path /dev/hugepages
+    boot_vfvmm BOOTELFHP bootelfhp "elfhp-vfvmm-$round" $(vfvmm_cmd HP | sed "s|vmlinuz|vmlinux|")
+    boot_qemu BOOTELFHP "elfhp-qemu-$round" $(qemu_cmd HP | sed "s|vmlinuz|vmlinux|")
 done
 # The other sections run without huge pages: give L1 its memory back.
 echo 0 > /proc/sys/vm/nr_hugepages
@@ -305,18 +315,11 @@ print("; ".join("%s +%d ms" % (p["phase"], p["ms"]) for p in t["phases"]))' "$1"
 # QEMU: one QMP connection made beforehand, commands written to it through a fifo.
 QMP=/tmp/bench-qemu.qmp
 mkfifo /tmp/bench-qmp-in
-# hotplug_pair SUFFIX: a vfvmm VM, then a QEMU VM, 3 rounds each; SUFFIX HP: guest RAM in huge
-# pages (vfvmm: --memory ...,hugepages=on; QEMU: -mem-path on hugetlbfs); PF: guest RAM
-# allocated before the guest starts (vfvmm: prefault=on, which also maps it ahead of the guest;
-# QEMU: -mem-prealloc).
+# hotplug_pair SUFFIX: a vfvmm VM, then a QEMU VM, 3 rounds each, guest RAM as vfvmm_cmd SUFFIX.
 hotplug_pair() {
-    local suffix=$1 vfvmm_mem=size=256M qemu_mem=()
-    case $suffix in
-        HP) vfvmm_mem=size=256M,hugepages=on qemu_mem=(-mem-path /dev/hugepages) ;;
-        PF) vfvmm_mem=size=256M,prefault=on qemu_mem=(-mem-prealloc) ;;
-    esac
+    local suffix=$1
     # shellcheck disable=SC2046
-    vmm_start "hp$suffix-vfvmm" 900 -- $(vfvmm_cmd | sed "s|size=256M|$vfvmm_mem|") --api-socket "path=$SOCK" --cmdline "$HPARGS"
+    vmm_start "hp$suffix-vfvmm" 900 -- $(vfvmm_cmd "$suffix") --api-socket "path=$SOCK" --cmdline "$HPARGS"
     hotplug_rounds "hp$suffix-vfvmm" vfvmm "$suffix" "\"$VFCTL\" --api-socket $SOCK add-device path=/sys/bus/pci/devices/$VF0,id=vf0 >/dev/null" \
         -- "\"$VFCTL\" --api-socket $SOCK remove-device vf0 >/dev/null"
     "$VFCTL" --api-socket "$SOCK" shutdown-vmm > /dev/null 2>&1
@@ -324,7 +327,7 @@ hotplug_pair() {
 
     rm -f "$QMP"
     # shellcheck disable=SC2046
-    vmm_start "hp$suffix-qemu" 900 -- $(qemu_cmd) "${qemu_mem[@]}" -device pcie-root-port,id=hprp,chassis=2,slot=2 \
+    vmm_start "hp$suffix-qemu" 900 -- $(qemu_cmd "$suffix") -device pcie-root-port,id=hprp,chassis=2,slot=2 \
         -qmp "unix:$QMP,server=on,wait=off" -append "$HPARGS"
     for _ in $(seq 100); do [[ -S $QMP ]] && break; nap 0.1; done
     python3 "$HERE/qmp.py" "$QMP" --serve /tmp/bench-qmp-in > "$RESULTS/hp$suffix-qemu.qmp" 2>&1 &
@@ -338,7 +341,7 @@ hotplug_pair() {
 }
 hotplug_pair ""
 hotplug_pair PF
-# Huge pages for the second pair only (160 x 2 MiB: one 256 MiB guest at a time).
+# Huge pages for the last pair only (160 x 2 MiB: one 256 MiB guest at a time).
 echo 160 > /proc/sys/vm/nr_hugepages
 hotplug_pair HP
 echo 0 > /proc/sys/vm/nr_hugepages

@@ -54,7 +54,11 @@ impl Asm {
     }
     /// Reads config dword `address` (0xCF8 format) and writes its 4 bytes to COM1.
     fn dump_config_dword(&mut self, address: u32) -> &mut Self {
-        self.mov_dx(0xcf8).mov_eax(address).out_dx_eax().mov_dx(0xcfc).in_eax_dx().mov_dx(0x3f8);
+        self.mov_dx(0xcf8).mov_eax(address).out_dx_eax().mov_dx(0xcfc).in_eax_dx().print_eax()
+    }
+    /// Writes eax's 4 bytes, lowest first, to COM1.
+    fn print_eax(&mut self) -> &mut Self {
+        self.mov_dx(0x3f8);
         for i in 0..4 {
             if i > 0 {
                 self.shr_eax_8();
@@ -66,14 +70,7 @@ impl Asm {
     /// Writes `address` to the config address port and reads the port back to COM1: with the
     /// address write queued by KVM (coalesced), the read must still see it.
     fn dump_config_address(&mut self, address: u32) -> &mut Self {
-        self.mov_dx(0xcf8).mov_eax(address).out_dx_eax().in_eax_dx().mov_dx(0x3f8);
-        for i in 0..4 {
-            if i > 0 {
-                self.shr_eax_8();
-            }
-            self.out_dx_al();
-        }
-        self
+        self.mov_dx(0xcf8).mov_eax(address).out_dx_eax().in_eax_dx().print_eax()
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use vfvmm_tests::{run_suite, SuiteRun};
+use vfvmm_tests::{field, run_suite, SuiteRun};
 
 fn suite() -> &'static SuiteRun {
     static RUN: OnceLock<SuiteRun> = OnceLock::new();
@@ -95,11 +95,8 @@ fn prefaulted_guest_ram_is_allocated_and_mapped_before_the_guest_starts() {
     assert!(at("vCPUs created") < at("guest RAM mapped ahead of the guest"), "{boot}");
     assert!(at("guest RAM mapped ahead of the guest") < at("first vCPU entry"), "{boot}");
     // All 256 MiB resident while the guest idles (it touches about 100 MiB of it itself).
-    let rss: u64 = run
-        .file("prefault-rss.txt")
-        .trim()
-        .strip_prefix("rss_kib=")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("prefault-rss.txt: {:?}", run.file("prefault-rss.txt")));
+    let rss_line = run.file("prefault-rss.txt");
+    let rss: u64 =
+        field(&rss_line, "rss_kib").parse().unwrap_or_else(|e| panic!("prefault-rss.txt: {rss_line:?}: {e}"));
     assert!(rss >= 256 * 1024, "vfvmm's RSS is {rss} KiB");
 }

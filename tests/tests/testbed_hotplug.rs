@@ -190,10 +190,15 @@ fn vm_info_times_boot_and_each_attach_and_detach_phase_by_phase() {
 /// Every detach gives the VF's IOMMU group back cleanly: nothing of the device (a BAR mmap)
 /// outlives its close, so the group leaves the VM's VFIO container at once (before: it could
 /// not, "Could not unbind VFIO group", and stayed attached until the container went).
+/// Checked on the API detaches, which come first in the log. When the host destroys the VFs
+/// afterwards (sriov_numvfs=0), the kernel detaches a removed VF's group from the container
+/// itself once vfvmm closes the device, so vfvmm's own unbind may then find it gone (EINVAL):
+/// a race with the host's removal, not a device left open.
 #[test]
 #[ignore = "nested testbed: run by make test"]
 fn detached_vfs_leave_the_vm_s_vfio_container_cleanly() {
     let log = suite().stderr("hp");
-    assert!(log.contains("timing detach vf0: "), "{log}");
-    assert!(!log.contains("Could not unbind VFIO group"), "{log}");
+    let api_detaches = log.split("the host wants").next().unwrap_or_default();
+    assert!(api_detaches.contains("timing detach vf0: "), "{log}");
+    assert!(!api_detaches.contains("Could not unbind VFIO group"), "{log}");
 }

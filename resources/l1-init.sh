@@ -64,7 +64,16 @@ mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs -o mode=755 tmpfs /host/run
 mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
 mkdir -p /host/tmp/results
-mount -t 9p -o "$opts" results /host/tmp/results || echo "L1-WARNING no 9p tag results"
+# Liveness for run-l1.sh's watchdog on L0: the heartbeat file's mtime moves every 5 s while
+# L1's scheduler and timers work, whatever the console is doing. L1's code symbols (kernel and
+# modules, as placed in this boot; Debian's System.map is a stub) let the watchdog's dump name
+# the code a frozen L1 was running.
+if mount -t 9p -o "$opts" results /host/tmp/results; then
+    (while :; do up_s >/host/tmp/results/l1-heartbeat; sleep 5; done) &
+    grep -i ' t ' /proc/kallsyms >/host/tmp/results/l1-kallsyms &
+else
+    echo "L1-WARNING no 9p tag results"
+fi
 # The repository and the image cache at their L0 paths (they may be under /tmp, hidden above).
 for share in "repo:$repo" "cache:$cache"; do
     tag=${share%%:*} dir=${share#*:}

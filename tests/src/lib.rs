@@ -102,6 +102,10 @@ pub fn run_suite(scenario: &str, timeout_secs: u64) -> SuiteRun {
                 "testbed: the L1 run for {scenario} ended without its exit marker: L1 crashed or reset (no retry)"
             )
         }
+        Some(126) => eprintln!(
+            "testbed: the L1 run for {scenario} froze (no console output or heartbeat; no retry): {}",
+            run.file("l1-freeze.txt").lines().next().unwrap_or("no dump")
+        ),
         None => eprintln!("testbed: the L1 run for {scenario} was killed by a signal (no retry)"),
         _ => {}
     }

@@ -6,7 +6,14 @@
 #         TESTBED_CACHE (image cache), TESTBED_L1=1.
 # Writes RESULTS_DIR/l1-console.log (console, CR stripped), l1-exit-code, l1-start (epoch ns of
 # QEMU start), l1-markers ("<epoch-ns> L1-..." per marker line, L0 clock).
-# Exit: the script's exit code; 124 on timeout; 125 if L1 printed no L1-SCRIPT-EXIT marker.
+#        l1-qmp (path of L1's QMP socket on L0, valid while L1 runs), l1-heartbeat (written by L1
+#        every 5 s), l1-kallsyms (L1's code symbols), l1-watchdog (longest silence seen, seconds),
+#        and, when the watchdog fired, l1-freeze.txt (l1_dump.py's report).
+# Watchdog: when neither the console nor L1's heartbeat file changed for VFVMM_L1_WATCHDOG seconds
+# (default 60; 0 disables), L1 is frozen: its CPUs' state is dumped from L0 through QMP (RIP
+# samples resolved against L1's symbols, registers, stack) and L1 is stopped.
+# Exit: the script's exit code; 124 on timeout; 125 if L1 printed no L1-SCRIPT-EXIT marker;
+#       126 when the watchdog found L1 frozen.
 # Env: VFVMM_CACHE (default /var/cache/vfvmm), VFVMM_L1_SMP (default 1), VFVMM_L1_ACCEL (default
 #      tcg: single-threaded TCG; see tests/testbed/README.md, "Stability"), VFVMM_SKIP_BUILD=1,
 #      VFVMM_9P_CACHE (9p cache mode of the read-only shares in L1: loose (default) or none).
@@ -24,6 +31,8 @@ CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
 # QEMU as much as under vfvmm) reset or stall at random and L1 itself wedges (RCU stalls).
 SMP=${VFVMM_L1_SMP:-1}
 ACCEL=${VFVMM_L1_ACCEL:-tcg}
+WATCHDOG=${VFVMM_L1_WATCHDOG:-60}
+[[ $WATCHDOG =~ ^[0-9]+$ ]] || { echo "run-l1.sh: VFVMM_L1_WATCHDOG must be a number of seconds" >&2; exit 2; }
 
 if [[ $SCRIPT != shell ]]; then
     [[ $SCRIPT == /* ]] || { echo "run-l1.sh: SCRIPT must be an absolute path" >&2; exit 2; }
@@ -50,12 +59,18 @@ RESULTS_DIR=$(realpath "$2")
 # Images are cached; a warm build.sh only checks hashes (~0.2 s).
 [[ ${VFVMM_SKIP_BUILD:-0} == 1 ]] || "$REPO/resources/build.sh" -q >/dev/null
 
+# L1's QMP socket: a short path of its own (unix socket paths are limited to 107 bytes).
+QMP_DIR=$(mktemp -d /tmp/vfvmm-l1.XXXXXX)
+QMP_SOCK=$QMP_DIR/qmp.sock
+trap 'rm -rf "$QMP_DIR"' EXIT
+
 APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REPO"
 APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-loose}"
 [[ $SCRIPT == shell ]] || APPEND+=" vfvmm.script=$SCRIPT"
 QEMU=(qemu-system-x86_64
     -accel "$ACCEL" -cpu max -M q35 -m 2048 -smp "$SMP"
     -nographic -no-reboot -nodefaults -serial stdio
+    -qmp "unix:$QMP_SOCK,server=on,wait=off"
     -device intel-iommu
     -device pcie-root-port,id=rp1,slot=1,chassis=1
     -device igb,bus=rp1,netdev=n0 -netdev hubport,id=n0,hubid=0
@@ -74,7 +89,9 @@ if [[ $SCRIPT == shell ]]; then exec "${QEMU[@]}"; fi
 
 LOG=$RESULTS_DIR/l1-console.log
 MARKERS=$RESULTS_DIR/l1-markers
-rm -f "$LOG" "$MARKERS" "$RESULTS_DIR/l1-exit-code" "$RESULTS_DIR/l1-start"
+FROZEN=$RESULTS_DIR/l1-freeze.txt
+rm -f "$LOG" "$MARKERS" "$RESULTS_DIR"/l1-{exit-code,start,heartbeat,kallsyms,watchdog,freeze.txt}
+echo "$QMP_SOCK" > "$RESULTS_DIR/l1-qmp"
 
 # Copies the console to stdout and LOG (CR stripped); timestamps L1-* markers into MARKERS.
 console_reader() {
@@ -90,19 +107,47 @@ console_reader() {
     done 3>"$LOG" 4>"$MARKERS"
 }
 
+# watchdog: every 2 s, the seconds since the console log or L1's heartbeat file last changed.
+# Past WATCHDOG: dump L1 through QMP into FROZEN and stop L1 (QMP quit); QEMU's exit ends the run.
+watchdog() {
+    local now newest silent longest=0
+    set +e   # a missing file (no heartbeat yet) is not an error here
+    echo 0 > "$RESULTS_DIR/l1-watchdog"
+    while sleep 2; do
+        now=$(date +%s)
+        newest=$(stat -c %Y "$LOG" "$RESULTS_DIR/l1-heartbeat" 2>/dev/null | sort -n | tail -n 1)
+        silent=$((now - ${newest:-now}))
+        if ((silent > longest)); then longest=$silent; echo "$longest" > "$RESULTS_DIR/l1-watchdog"; fi
+        ((WATCHDOG > 0 && silent >= WATCHDOG)) || continue
+        echo "run-l1.sh: watchdog: L1 silent for ${silent}s (no console output, no heartbeat): dumping its state" >&2
+        timeout 60 python3 "$HERE/l1_dump.py" "$QMP_SOCK" "$RESULTS_DIR/l1-kallsyms" > "$FROZEN.tmp" 2>&1
+        mv "$FROZEN.tmp" "$FROZEN"
+        head -n 1 "$FROZEN" >&2
+        timeout 10 python3 "$HERE/qmp.py" "$QMP_SOCK" quit >/dev/null 2>&1 || true
+        return
+    done
+}
+
 # A terminal on stdin: keep it (QEMU reads it; timeout must stay in the foreground group).
 TIMEOUT_OPTS=(--kill-after=10)
 if [[ -t 0 ]]; then TIMEOUT_OPTS+=(--foreground); else exec </dev/null; fi
 
 t=$EPOCHREALTIME
 echo "${t/./}000" > "$RESULTS_DIR/l1-start"
+: > "$LOG"
+watchdog &
+WATCHDOG_PID=$!
 set +e
 timeout "${TIMEOUT_OPTS[@]}" "$TIMEOUT" "${QEMU[@]}" 2>&1 | console_reader
 qrc=${PIPESTATUS[0]}
 set -e
+kill "$WATCHDOG_PID" 2>/dev/null || true
+wait "$WATCHDOG_PID" 2>/dev/null || true
 
 marker=$(grep -a -o 'L1-SCRIPT-EXIT [0-9]*' "$LOG" | tail -n 1 || true)
-if [[ $qrc == 124 || $qrc == 137 ]]; then
+if [[ -f $FROZEN ]]; then
+    rc=126; why="L1 frozen: no console output or heartbeat for ${WATCHDOG}s; $(head -n 1 "$FROZEN")"
+elif [[ $qrc == 124 || $qrc == 137 ]]; then
     rc=124; why="timeout after ${TIMEOUT}s"
 elif [[ -n $marker ]]; then
     rc=${marker#L1-SCRIPT-EXIT }; why="script exit code"
@@ -116,5 +161,6 @@ start=$(cat "$RESULTS_DIR/l1-start")
 awk -v s="$start" '$2 ~ /^L1-(INIT-START|SCRIPT-START|SCRIPT-EXIT)$/ {
     printf "run-l1.sh: %-16s +%.2fs\n", $2, ($1 - s) / 1e9 }' "$MARKERS" >&2
 t=$EPOCHREALTIME
+echo "run-l1.sh: watchdog: longest L1 silence $(cat "$RESULTS_DIR/l1-watchdog" 2>/dev/null || echo 0)s (limit ${WATCHDOG}s)" >&2
 echo "run-l1.sh: exit $rc ($why), total $(( (${t/./}000 - start) / 1000000 )) ms" >&2
 exit "$rc"

@@ -157,7 +157,11 @@ impl Vm {
         for id in 0..self.config.cpus {
             vcpus.push(create_vcpu(&self.fd, &self.cpuid, id, self.config.cpus, entry)?);
         }
-        let queued_writes = match vcpus.first().map(|vcpu| CoalescedRing::setup(&self.kvm, &self.fd, vcpu)) {
+        // VFVMM_COALESCED_PIO=off: every 0xCF8 write exits (an A/B switch for diagnosis; the
+        // testbed's stability table in tests/testbed/README.md was measured with it).
+        let coalesce = std::env::var_os("VFVMM_COALESCED_PIO").is_none_or(|v| v != "off");
+        let ring = vcpus.first().filter(|_| coalesce).map(|vcpu| CoalescedRing::setup(&self.kvm, &self.fd, vcpu));
+        let queued_writes = match ring {
             Some(Ok(ring)) => Some(ring),
             Some(Err(e)) => {
                 log::info!("PCI config address writes exit to vfvmm: {e}");

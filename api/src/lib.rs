@@ -1,17 +1,14 @@
-//! vfvmm's REST API (Cloud Hypervisor-compatible routes and bodies): HTTP framing, typed
-//! requests, the socket server and client, and what `vfctl` needs besides: the registry of
-//! running VMs and the host's SR-IOV functions. See `CH_COMPAT.md` for what `ch-remote` sends
-//! and accepts.
+//! Two rooms:
+//! - [`rest`]: vfvmm's REST API (Cloud Hypervisor-compatible routes and bodies): HTTP framing,
+//!   typed requests, the socket server and client. See `CH_COMPAT.md` for what `ch-remote`
+//!   sends and accepts.
+//! - [`host`]: the host-side VF manager `vfctl` is built on: the registry of running VMs, the
+//!   host's SR-IOV functions, attach/detach across VMs and PF reconfiguration. It talks to VMs
+//!   through [`rest`]'s client; nothing in [`rest`] depends on it.
 
-pub mod client;
-pub mod http;
-pub mod manage;
-pub mod reconfigure;
-pub mod registry;
-pub mod request;
-pub mod server;
-pub mod sriov;
+pub mod host;
+pub mod rest;
 
-pub use http::{parse_request, HttpError, HttpRequest, Response};
-pub use request::{route, AddDevice, ApiError, ApiRequest, Refusal};
-pub use server::{ApiMessage, ApiReceiver, ApiServer, ApiServerError};
+pub use rest::http::{parse_request, HttpError, HttpRequest, Response};
+pub use rest::request::{route, AddDevice, ApiError, ApiRequest, Refusal};
+pub use rest::server::{ApiMessage, ApiReceiver, ApiServer, ApiServerError};

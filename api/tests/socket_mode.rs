@@ -33,7 +33,7 @@ fn the_socket_is_never_reachable_by_others_and_unsafe_directories_are_refused() 
         })
     };
     for _ in 0..2000 {
-        let listener = api::server::bind(&sock).unwrap();
+        let listener = api::rest::server::bind(&sock).unwrap();
         drop(listener);
         std::fs::remove_file(&sock).unwrap();
     }
@@ -51,11 +51,11 @@ fn the_socket_is_never_reachable_by_others_and_unsafe_directories_are_refused() 
     let open = dir.join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let e = api::server::bind(&open.join("api.sock")).unwrap_err().to_string();
+    let e = api::rest::server::bind(&open.join("api.sock")).unwrap_err().to_string();
     assert!(e.contains("writable by others"), "{e}");
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
     // With the sticky bit (like /tmp) it is fine.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    drop(api::server::bind(&open.join("api.sock")).unwrap());
+    drop(api::rest::server::bind(&open.join("api.sock")).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,7 +17,7 @@ fn vfctl(sock: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 fn human_and_json_output_and_errors() {
     let sock = std::env::temp_dir().join(format!("vfvmm-vfctl-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let (_server, rx) = api::server::start(api::server::bind(&sock).unwrap(), &sock).unwrap();
+    let (_server, rx) = api::rest::server::start(api::rest::server::bind(&sock).unwrap(), &sock).unwrap();
     std::thread::spawn(move || {
         while let Ok(m) = rx.requests.recv() {
             let r = match m.request {

@@ -24,6 +24,8 @@ struct State {
 }
 
 struct Shared {
+    /// The thread's name, which also starts its reports ("console", "log").
+    name: &'static str,
     state: Mutex<State>,
     /// Signalled when data arrives and when the buffer drains.
     changed: Condvar,
@@ -45,19 +47,21 @@ pub type ThreadInit = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// Starts the `console` thread writing to `out`.
 pub fn spawn(out: Box<dyn Write + Send>, capacity: usize) -> io::Result<(ConsoleWriter, ConsoleDrain)> {
-    spawn_with_init(out, capacity, Box::new(|| Ok(())))
+    spawn_with_init("console", out, capacity, Box::new(|| Ok(())))
 }
 
-/// [`spawn`], with `init` run first on the new thread.
+/// [`spawn`] for a thread called `name` (the same machinery serves the guest's console and
+/// vfvmm's own log), with `init` run first on the new thread.
 pub fn spawn_with_init(
+    name: &'static str,
     out: Box<dyn Write + Send>,
     capacity: usize,
     init: ThreadInit,
 ) -> io::Result<(ConsoleWriter, ConsoleDrain)> {
-    let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), capacity });
+    let shared = Arc::new(Shared { name, state: Mutex::new(State::default()), changed: Condvar::new(), capacity });
     let thread_shared = shared.clone();
     let (started_tx, started) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("console".into()).spawn(move || {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         let ready = init();
         let ok = ready.is_ok();
         let _ = started_tx.send(ready);
@@ -90,7 +94,7 @@ fn drain(shared: Arc<Shared>, mut out: Box<dyn Write + Send>) {
             (chunk, std::mem::take(&mut s.dropped))
         };
         if dropped > 0 {
-            log::warn!("console: the output was not keeping up; {dropped} bytes of guest output dropped");
+            log::warn!("{}: the output was not keeping up; {dropped} bytes dropped", shared.name);
         }
         if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
             // A closed output: nothing more will get through; keep draining so nothing blocks.
@@ -126,28 +130,27 @@ impl Write for ConsoleWriter {
 
 impl ConsoleDrain {
     /// Waits up to `timeout` for everything buffered to be written; whether it was. Reports
-    /// dropped output.
+    /// dropped output (after letting go of the buffer: the report may go into this very buffer,
+    /// when it is the log's).
     pub fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let Ok(mut s) = self.shared.state.lock() else { return false };
-        while !s.buf.is_empty() || s.writing {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                log::warn!(
-                    "console: {} bytes of guest output not written at exit (the output is blocked)",
-                    s.buf.len()
-                );
-                return false;
+        let (drained, left_over, dropped_total) = {
+            let Ok(mut s) = self.shared.state.lock() else { return false };
+            while (!s.buf.is_empty() || s.writing) && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                s = match self.shared.changed.wait_timeout(s, left) {
+                    Ok((s, _)) => s,
+                    Err(_) => return false,
+                };
             }
-            s = match self.shared.changed.wait_timeout(s, left) {
-                Ok((s, _)) => s,
-                Err(_) => return false,
-            };
+            (s.buf.is_empty() && !s.writing, s.buf.len(), s.dropped_total)
+        };
+        if !drained {
+            log::warn!("{}: {left_over} bytes not written at exit (the output is blocked)", self.shared.name);
+        } else if dropped_total > 0 {
+            log::warn!("{}: {dropped_total} bytes were dropped in all", self.shared.name);
         }
-        if s.dropped_total > 0 {
-            log::warn!("console: {} bytes of guest output were dropped in all", s.dropped_total);
-        }
-        true
+        drained
     }
 
     /// Bytes dropped so far.

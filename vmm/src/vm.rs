@@ -11,24 +11,24 @@ use pci::BarAllocator;
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::terminal::Terminal;
 
-use crate::api_handler::ApiHandler;
-use crate::boot::{self, EntryPoint};
-use crate::coalesced_io::CoalescedRing;
-use crate::config::{SerialConfig, VmConfig};
-use crate::device_host::KvmDeviceHost;
-use crate::device_manager::{create_devices, Devices};
-use crate::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
-use crate::hotplug::Hotplug;
-use crate::kvm_platform::KvmPlatform;
-use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
-use crate::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
-use crate::vcpu_set::VcpuSet;
-use crate::vfio::HostDevice;
+use crate::control::api_handler::ApiHandler;
+use crate::control::event_loop::{ConsoleInput, ExitWatcher, HotplugWatcher, TerminationSignals};
+use crate::passthrough::device_host::KvmDeviceHost;
+use crate::passthrough::hotplug::Hotplug;
+use crate::passthrough::vfio::HostDevice;
+use crate::platform::boot::{self, EntryPoint};
+use crate::platform::config::{SerialConfig, VmConfig};
+use crate::platform::device_manager::{create_devices, Devices};
+use crate::platform::kvm_platform::KvmPlatform;
+use crate::platform::memory::{create_guest_memory, register_with_kvm, GuestMemory};
+use crate::vcpus::coalesced_io::CoalescedRing;
+use crate::vcpus::vcpu::{create_vcpu, install_kick_handler, ExitSignal, GuestExit, VcpuHandle, VcpuShared};
+use crate::vcpus::vcpu_set::VcpuSet;
 use crate::VmmError;
 use api::ApiReceiver;
 
 /// How long exit waits for buffered console output to be written.
-const CONSOLE_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+const CONSOLE_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Physical address width assumed when KVM does not report one.
 const DEFAULT_PHYS_BITS: u8 = 36;
@@ -110,8 +110,18 @@ impl Vm {
         Ok(())
     }
 
+    /// Waits until guest RAM is DMA-mapped for the devices given at boot: their drivers may
+    /// start DMA as soon as the guest runs.
+    pub fn wait_for_device_dma(&self) -> Result<(), VmmError> {
+        let hotplug = self.hotplug.lock().map_err(|_| VmmError::Kvm("hotplug lock poisoned".into()))?;
+        hotplug
+            .host
+            .wait_dma(crate::passthrough::hotplug::DMA_WAIT)
+            .map_err(|e| VmmError::Vfio(crate::passthrough::vfio::VfioError::DmaMap(e)))
+    }
+
     /// Boot's timeline so far (`vm.info` shows it; the rest is marked as boot goes on).
-    pub fn set_boot_timeline(&mut self, boot: crate::timeline::Timeline) {
+    pub fn set_boot_timeline(&mut self, boot: crate::platform::timeline::Timeline) {
         if let Ok(mut h) = self.hotplug.lock() {
             h.timings.boot = Some(boot);
         }
@@ -209,7 +219,7 @@ impl Vm {
         self.mark_boot("vCPUs created");
         if self.config.prefault {
             if let Some(vcpu) = vcpus.first() {
-                match crate::memory::map_ahead_of_guest(&self.fd, vcpu, &self.memory) {
+                match crate::platform::memory::map_ahead_of_guest(&self.fd, vcpu, &self.memory) {
                     Ok(()) => self.mark_boot("guest RAM mapped ahead of the guest"),
                     Err(e) => log::warn!("prefault: {e}; the guest's first touches map its pages instead"),
                 }
@@ -233,7 +243,7 @@ impl Vm {
         }
 
         // Every other thread is running: the VMM thread's own filter, before any input.
-        if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::Vmm) {
+        if let Err(e) = crate::process::seccomp::install_for(crate::process::seccomp::ThreadRole::Vmm) {
             exit.raise(GuestExit::Failed(e.to_string()));
         }
         while !done.load(Ordering::Acquire) {

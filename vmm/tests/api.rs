@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmm::config::{SerialConfig, VmConfig};
+use vmm::platform::config::{SerialConfig, VmConfig};
 use vmm::GuestExit;
 
 fn call(sock: &Path, method: &str, endpoint: &str) -> (u16, String) {
@@ -69,7 +69,7 @@ fn ping_info_pause_resume_shutdown() {
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: Some("api-test".into()),
         run_dir: dir.join("run"),
-        seccomp: vmm::seccomp::SeccompMode::Enforce,
+        seccomp: vmm::process::seccomp::SeccompMode::Enforce,
     };
     let run_dir = dir.join("run");
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));
@@ -80,7 +80,7 @@ fn ping_info_pause_resume_shutdown() {
     }
 
     // Registered for vfctl while it runs.
-    let vms = api::registry::list(&run_dir).unwrap();
+    let vms = api::host::registry::list(&run_dir).unwrap();
     assert_eq!(vms.len(), 1);
     assert_eq!((vms[0].name.as_str(), vms[0].pid, &vms[0].socket), ("api-test", std::process::id(), &sock));
     let (status, body) = call(&sock, "GET", "vmm.ping");
@@ -122,6 +122,6 @@ fn ping_info_pause_resume_shutdown() {
     let exit = vm.join().unwrap().expect("VM ran");
     assert_eq!(exit, GuestExit::VmmShutdown);
     assert!(!sock.exists(), "socket removed on exit");
-    assert!(api::registry::list(&run_dir).unwrap().is_empty(), "registry entry removed on exit");
+    assert!(api::host::registry::list(&run_dir).unwrap().is_empty(), "registry entry removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmm::config::{SerialConfig, VmConfig};
+use vmm::platform::config::{SerialConfig, VmConfig};
 use vmm::GuestExit;
 
 fn call(sock: &Path, method: &str, endpoint: &str) -> u16 {
@@ -48,7 +48,7 @@ fn a_console_nobody_reads_never_stalls_the_vmm() {
         reacquire_timeout: Duration::from_secs(10),
         name: None,
         run_dir: dir.join("run"),
-        seccomp: vmm::seccomp::SeccompMode::Enforce,
+        seccomp: vmm::process::seccomp::SeccompMode::Enforce,
     };
     let vm = std::thread::spawn(move || vmm::run_flat(&code, 0x10000, &config));
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -2,7 +2,7 @@
 //! the VMM core, proving exit dispatch (serial output, PCI config through 0xCF8/0xCFC, the
 //! ACPI power-off register) without the nested testbed.
 
-use vmm::config::{SerialConfig, VmConfig};
+use vmm::platform::config::{SerialConfig, VmConfig};
 use vmm::GuestExit;
 
 /// A minimal 16-bit assembler for the handful of instructions the guest needs.
@@ -88,7 +88,7 @@ fn run_guest(code: &[u8], tag: &str) -> (Result<GuestExit, vmm::VmmError>, Vec<u
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: None,
         run_dir: std::env::temp_dir().join("vfvmm-test-run"),
-        seccomp: vmm::seccomp::SeccompMode::Enforce,
+        seccomp: vmm::process::seccomp::SeccompMode::Enforce,
     };
     let result = vmm::run_flat(code, 0x10000, &config);
     let bytes = std::fs::read(&out).unwrap_or_default();

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use vmm::seccomp::{install, set_mode, SeccompMode, ThreadRole};
+use vmm::process::seccomp::{install, set_mode, SeccompMode, ThreadRole};
 
 const CHILD: &str = "VFVMM_SECCOMP_TEST_CHILD";
 
@@ -29,13 +29,42 @@ fn run(mode: &str) -> (Option<i32>, String, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// In the child: a vCPU-filtered thread makes a listed ioctl (KVM_CHECK_EXTENSION, on a
+/// descriptor that is not KVM's: it fails with ENOTTY but goes through), then an unlisted one
+/// (TCGETS: a vCPU has no terminal).
+fn child_ioctl() {
+    set_mode(SeccompMode::Enforce).unwrap();
+    let t = std::thread::spawn(move || {
+        install(ThreadRole::Vcpu, SeccompMode::Enforce).unwrap();
+        let mut termios = [0u8; 64];
+        // SAFETY: ioctls on stdin with a live buffer; their results are only printed.
+        let listed = unsafe { libc::ioctl(0, 0xae03, 0) };
+        println!("listed={listed}");
+        // SAFETY: as above; TCGETS writes at most a termios (60 bytes) into the 64-byte buffer.
+        let unlisted = unsafe { libc::ioctl(0, libc::TCGETS, termios.as_mut_ptr()) };
+        println!("unlisted={unlisted}");
+    });
+    let _ = t.join();
+    std::process::exit(0);
+}
+
 #[test]
 fn child_entry() {
     match std::env::var(CHILD).as_deref() {
         Ok("enforce") => child(SeccompMode::Enforce),
         Ok("log") => child(SeccompMode::Log),
+        Ok("ioctl") => child_ioctl(),
         _ => {} // not the child: nothing to do
     }
+}
+
+#[test]
+fn a_vcpu_thread_may_make_its_own_ioctls_only() {
+    let (code, out, err) = run("ioctl");
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("listed=-1"), "a listed request goes through (and fails: not KVM's fd): {out}");
+    assert!(!out.contains("unlisted="), "the unlisted request did not return: {out}");
+    assert!(err.contains("the vcpu thread made a forbidden system call (number 16, ioctl request 0x5401)"), "{err}");
 }
 
 #[test]

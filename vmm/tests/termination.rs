@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vmm::config::{SerialConfig, VmConfig};
+use vmm::platform::config::{SerialConfig, VmConfig};
 use vmm::GuestExit;
 
 #[test]
@@ -23,7 +23,7 @@ fn sigterm_stops_the_vm_cleanly() {
         reacquire_timeout: std::time::Duration::from_secs(10),
         name: None,
         run_dir: std::env::temp_dir().join("vfvmm-test-run"),
-        seccomp: vmm::seccomp::SeccompMode::Enforce,
+        seccomp: vmm::process::seccomp::SeccompMode::Enforce,
     };
     std::thread::spawn(|| {
         std::thread::sleep(Duration::from_millis(500));

@@ -1,20 +1,12 @@
 //! `vfvmm`: boot a Linux guest from the command line.
 
-use std::io::Write;
 use std::process::exit;
 
 use clap::error::ErrorKind;
-use vmm::{exit_code, Cli, GuestExit};
-
-fn fail(message: impl std::fmt::Display) -> ! {
-    eprintln!("vfvmm: error: {message}");
-    exit(exit_code::ERROR);
-}
+use vmm::{fail, Cli};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format(|buf, record| writeln!(buf, "vfvmm: {}: {}", record.level().as_str().to_lowercase(), record.args()))
-        .init();
+    vmm::init_logging();
 
     let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
@@ -30,12 +22,5 @@ fn main() {
         }
     };
     let (kernel, config) = cli.validate().unwrap_or_else(|e| fail(e));
-    match vmm::run_linux(&kernel, &config) {
-        Ok(GuestExit::Failed(reason)) => fail(format!("the guest stopped: {reason}")),
-        Ok(guest_exit) => {
-            log::info!("guest exit: {guest_exit:?}");
-            exit(guest_exit.exit_code());
-        }
-        Err(e) => fail(e),
-    }
+    vmm::exit_with(vmm::run_linux(&kernel, &config))
 }

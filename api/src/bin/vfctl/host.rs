@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use api::manage::{self, VmView};
-use api::reconfigure::{self, Mode, Operations, Step};
-use api::registry::{self, VmRecord};
-use api::sriov::{PfInfo, Sysfs};
+use api::host::manage::{self, VmView};
+use api::host::reconfigure::{self, Mode, Operations, Step};
+use api::host::registry::{self, VmRecord};
+use api::host::sriov::{PfInfo, Sysfs};
 use clap::Subcommand;
 
 use super::fail;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::exit;
 
-use api::client::{request, ClientResponse};
+use api::rest::client::{request, ClientResponse};
 use clap::{Parser, Subcommand};
 
 mod host;
@@ -19,7 +19,7 @@ struct Cli {
     #[arg(long, value_name = "NAME", global = true)]
     vm: Option<String>,
     /// Where running VMs register themselves (vfvmm --run-dir).
-    #[arg(long = "run-dir", value_name = "DIR", global = true, default_value = api::registry::DEFAULT_RUN_DIR)]
+    #[arg(long = "run-dir", value_name = "DIR", global = true, default_value = api::host::registry::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// Print JSON (the raw API answers for VM commands; structured listings for host ones).
     #[arg(long, global = true)]
@@ -216,14 +216,16 @@ fn api_call(command: &Command) -> Option<(&'static str, &'static str, Option<Str
 fn socket(cli: &Cli) -> PathBuf {
     match (&cli.api_socket, &cli.vm) {
         (Some(path), _) => path.clone(),
-        (None, Some(name)) => api::registry::find(&cli.run_dir, name).map(|r| r.socket).unwrap_or_else(|e| fail(e)),
+        (None, Some(name)) => {
+            api::host::registry::find(&cli.run_dir, name).map(|r| r.socket).unwrap_or_else(|e| fail(e))
+        }
         (None, None) => fail("this command is for one VM: give --api-socket PATH or --vm NAME"),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
-    let ctx = host::Context { run_dir: cli.run_dir.clone(), json: cli.json, sysfs: api::sriov::Sysfs::default() };
+    let ctx = host::Context { run_dir: cli.run_dir.clone(), json: cli.json, sysfs: api::host::sriov::Sysfs::default() };
     match &cli.command {
         Command::Vm(c) => return host::vm(&ctx, c),
         Command::Pf(c) => return host::pf(&ctx, c),
@@ -234,8 +236,8 @@ fn main() {
                 pf: pf.clone(),
                 num_vfs: *num_vfs,
                 mode: match mode {
-                    ReconfigureMode::Pause => api::reconfigure::Mode::Pause,
-                    ReconfigureMode::Detach => api::reconfigure::Mode::Detach,
+                    ReconfigureMode::Pause => api::host::reconfigure::Mode::Pause,
+                    ReconfigureMode::Detach => api::host::reconfigure::Mode::Detach,
                 },
                 dry_run: *dry_run,
                 allow_detach: *allow_detach,

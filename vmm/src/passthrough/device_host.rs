@@ -5,19 +5,19 @@
 //! without KVM or VFIO.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use devices::hotplug::HotplugRegisters;
 use devices::timing::{names, Milestone};
 use kvm_ioctls::VmFd;
-use pci::vfio::VfioPciDevice;
+use pci::vfio::{DmaState, VfioPciDevice};
 use pci::{BarAllocator, PciBus};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::DeviceConfig;
-use crate::kvm_platform::KvmPlatform;
-use crate::memory::GuestMemory;
-use crate::vfio::{validate_device, HostDevice, HostRoots, ReacquireError, VfioError, VfioManager};
+use crate::passthrough::vfio::{validate_device, HostDevice, HostRoots, ReacquireError, VfioError, VfioManager};
+use crate::platform::config::DeviceConfig;
+use crate::platform::kvm_platform::KvmPlatform;
+use crate::platform::memory::GuestMemory;
 
 /// The host/VM operations on passed-through devices, by guest slot.
 pub trait DeviceHost: Send {
@@ -49,6 +49,10 @@ pub trait DeviceHost: Send {
     fn reacquire(&mut self, slot: u8, host: HostDevice, request: Option<&EventFd>) -> Result<(), ReacquireError>;
     /// Guest RAM is DMA-mapped: the device gets the bus mastering its guest asked for.
     fn apply_deferred_bus_master(&mut self, slot: u8);
+    /// Whether guest RAM is DMA-mapped for the VM's devices (mapping runs in the background).
+    fn dma_state(&self) -> DmaState;
+    /// Waits up to `timeout` for the DMA mapping under way to finish.
+    fn wait_dma(&self, timeout: Duration) -> Result<(), String>;
     /// Advances the device's driver recovery; when to call again.
     fn recovery_tick(&mut self, slot: u8, now: Instant) -> Option<Instant>;
     /// VM exit: every device quiesced, reset and released.
@@ -176,6 +180,14 @@ impl DeviceHost for KvmDeviceHost {
 
     fn apply_deferred_bus_master(&mut self, slot: u8) {
         self.with_device(slot, |d| d.apply_deferred_bus_master());
+    }
+
+    fn dma_state(&self) -> DmaState {
+        self.platform.dma().state()
+    }
+
+    fn wait_dma(&self, timeout: Duration) -> Result<(), String> {
+        self.platform.dma().wait(timeout)
     }
 
     fn recovery_tick(&mut self, slot: u8, now: Instant) -> Option<Instant> {

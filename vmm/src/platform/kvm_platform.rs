@@ -3,7 +3,8 @@
 //! ([`BarRouter`]) and whether guest RAM is DMA-mapped yet ([`DmaGate`]).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use devices::timing::Milestone;
 use kvm_bindings::{
@@ -50,11 +51,33 @@ pub struct DmaGate {
     mapped: Mutex<Option<Milestone>>,
     /// Signalled when mapping finishes: the VMM thread then applies deferred bus mastering.
     done: EventFd,
+    /// Notified when mapping finishes, for [`wait`](Self::wait).
+    finished: Condvar,
 }
 
 impl DmaGate {
     fn new() -> std::io::Result<Self> {
-        Ok(Self { state: Mutex::new((0, None)), mapped: Mutex::new(None), done: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self {
+            state: Mutex::new((0, None)),
+            mapped: Mutex::new(None),
+            done: EventFd::new(libc::EFD_NONBLOCK)?,
+            finished: Condvar::new(),
+        })
+    }
+
+    /// Waits up to `timeout` for the mapping under way to finish: its outcome, or an error when
+    /// it did not finish in time. Only for a mapping that was started (nothing else ends it).
+    pub fn wait(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().map_err(|_| "DMA gate poisoned".to_string())?;
+        while s.1.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("guest RAM was not DMA-mapped within {} s", timeout.as_secs()));
+            }
+            s = self.finished.wait_timeout(s, left).map_err(|_| "DMA gate poisoned".to_string())?.0;
+        }
+        s.1.clone().unwrap_or(Ok(()))
     }
 
     /// The generation a mapping started now reports with.
@@ -67,6 +90,7 @@ impl DmaGate {
             Ok(mut s) if s.0 == generation => s.1 = Some(result),
             _ => return,
         }
+        self.finished.notify_all();
         if let Ok(mut m) = self.mapped.lock() {
             *m = Some(Milestone::now());
         }
@@ -85,7 +109,7 @@ impl DmaGate {
         }
     }
 
-    fn state(&self) -> DmaState {
+    pub fn state(&self) -> DmaState {
         match self.state.lock().map(|s| s.1.clone()) {
             Ok(None) => DmaState::Pending,
             Ok(Some(Ok(()))) => DmaState::Ready,

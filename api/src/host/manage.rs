@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::client::{request, ClientError};
-use crate::registry::{self, VmRecord};
-use crate::sriov::{PfInfo, Sysfs};
+use crate::host::registry::{self, VmRecord};
+use crate::host::sriov::{PfInfo, Sysfs};
+use crate::rest::client::{request, ClientError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
-    Sriov(#[from] crate::sriov::SriovError),
+    Sriov(#[from] crate::host::sriov::SriovError),
     #[error("VM '{vm}': {source}")]
     Client { vm: String, source: ClientError },
     #[error("VM '{vm}': {message} ({status})")]
@@ -112,10 +112,8 @@ pub fn pf_with_holders(sysfs: &Sysfs, pf: &str, holders: &BTreeMap<PathBuf, Stri
 pub fn pick_vf(info: &PfInfo, index: Option<u32>) -> Result<(u32, String), ManageError> {
     match index {
         Some(k) => {
-            let vf = info.vfs.iter().find(|v| v.index == k).ok_or_else(|| crate::sriov::SriovError::NoSuchVf {
-                pf: info.address.clone(),
-                index: k,
-                count: info.num_vfs,
+            let vf = info.vfs.iter().find(|v| v.index == k).ok_or_else(|| {
+                crate::host::sriov::SriovError::NoSuchVf { pf: info.address.clone(), index: k, count: info.num_vfs }
             })?;
             match &vf.held_by {
                 Some(h) => Err(ManageError::VfHeld { pf: info.address.clone(), index: k, holder: h.clone() }),
@@ -143,7 +141,7 @@ pub fn check_pf_free(info: &PfInfo) -> Result<(), ManageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sriov::VfInfo;
+    use crate::host::sriov::VfInfo;
 
     fn pf(held: &[Option<&str>]) -> PfInfo {
         PfInfo {

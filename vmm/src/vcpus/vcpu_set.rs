@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::exit_counters::ExitCounters;
-use crate::vcpu::{VcpuHandle, VcpuShared};
-use crate::vm_state::{transition, InvalidVmTransition, VmEvent, VmState};
+use crate::vcpus::exit_counters::ExitCounters;
+use crate::vcpus::vcpu::{VcpuHandle, VcpuShared};
+use crate::vcpus::vm_state::{transition, InvalidVmTransition, VmEvent, VmState};
 
 /// How long pause waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,7 +24,7 @@ pub enum VcpuSetError {
 pub struct VcpuSet {
     shared: Arc<VcpuShared>,
     handles: Mutex<Vec<VcpuHandle>>,
-    /// The VM's state ([`crate::vm_state`]'s table), kept with the vCPUs it describes.
+    /// The VM's state ([`crate::vcpus::vm_state`]'s table), kept with the vCPUs it describes.
     state: Mutex<VmState>,
 }
 

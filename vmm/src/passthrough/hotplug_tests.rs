@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::device_host::DeviceHost;
-use crate::vfio::ReacquireError;
+use crate::passthrough::device_host::DeviceHost;
+use crate::passthrough::vfio::ReacquireError;
 
 /// What the fake host was asked, and how it answers.
 #[derive(Default)]
@@ -29,6 +29,8 @@ struct HostState {
     hung: BTreeSet<PathBuf>,
     /// What the guest did with each slot's device, for timings.
     milestones: BTreeMap<u8, Vec<(&'static str, devices::timing::Milestone)>>,
+    /// Guest RAM's DMA mapping: None is mapped (Ready).
+    dma: Option<pci::vfio::DmaState>,
 }
 
 #[derive(Clone, Default)]
@@ -39,7 +41,7 @@ impl FakeHost {
         if !self.0.lock().unwrap().hung.contains(&host.path) {
             return Ok(());
         }
-        let reason = crate::host_worker::HostWorkError::TimedOut {
+        let reason = crate::passthrough::host_worker::HostWorkError::TimedOut {
             what: format!("opening {}", host.bdf),
             after: Duration::from_secs(20),
         };
@@ -132,6 +134,18 @@ impl DeviceHost for FakeHost {
         self.log(format!("bus_master {slot}"));
     }
 
+    fn dma_state(&self) -> pci::vfio::DmaState {
+        self.0.lock().unwrap().dma.clone().unwrap_or(pci::vfio::DmaState::Ready)
+    }
+
+    fn wait_dma(&self, _timeout: Duration) -> Result<(), String> {
+        self.log("wait_dma".into());
+        match self.dma_state() {
+            pci::vfio::DmaState::Ready => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
     fn recovery_tick(&mut self, slot: u8, _now: Instant) -> Option<Instant> {
         self.0.lock().unwrap().recovery_due.get(&slot).copied()
     }
@@ -148,6 +162,7 @@ impl DeviceHost for FakeHost {
 const VF0: &str = "/sys/bus/pci/devices/0000:01:10.0";
 const VF1: &str = "/sys/bus/pci/devices/0000:01:10.2";
 const VF2: &str = "/sys/bus/pci/devices/0000:01:10.4";
+const VF3: &str = "/sys/bus/pci/devices/0000:01:10.6";
 
 /// A VM with vf0 (slot 1) and vf1 (slot 2) plugged at boot and enabled by the guest.
 fn vm_with_two_vfs() -> (Hotplug, FakeHost) {
@@ -177,7 +192,8 @@ fn pause_quiesces_every_device_and_resume_lets_them_run_again() {
     assert_eq!(host.take_calls(), ["quiesce 1", "quiesce 2"]);
     assert_eq!(states(&mut h), [r#"vf0="Attached"/"Quiesced""#, r#"vf1="Attached"/"Quiesced""#]);
     h.resume_devices();
-    assert_eq!(host.take_calls(), ["unquiesce 1", "unquiesce 2"], "nothing to re-acquire");
+    // Nothing to re-acquire; guest RAM is DMA-mapped before the devices run again.
+    assert_eq!(host.take_calls(), ["wait_dma", "unquiesce 1", "unquiesce 2"]);
     assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#, r#"vf1="Attached"/"Bound""#]);
 }
 
@@ -212,7 +228,13 @@ fn release_while_paused_and_resume_reacquires_at_the_same_path_before_the_device
     h.resume_devices();
     assert_eq!(
         host.take_calls(),
-        [format!("validate {VF0}"), format!("reacquire 1 {VF0}"), "unquiesce 1".into(), "unquiesce 2".into()]
+        [
+            format!("validate {VF0}"),
+            format!("reacquire 1 {VF0}"),
+            "wait_dma".into(), // the re-acquired device's container is mapped again first
+            "unquiesce 1".into(),
+            "unquiesce 2".into()
+        ]
     );
     assert_eq!(states(&mut h)[0], r#"vf0="Attached"/"Bound""#);
 }
@@ -422,4 +444,39 @@ fn vm_info_times_the_last_attach_and_detach_phase_by_phase() {
     );
     // The attach's timeline stays as it was when the device went.
     assert_eq!(phase_names(&t["last_attach"]).len(), 5);
+}
+
+/// A device added while guest RAM is still being DMA-mapped is shown to the guest only once
+/// mapping is done: the guest cannot start its DMA before DMA works (issue 18). If mapping
+/// fails, the guest never sees it and it goes back to the host.
+#[test]
+fn a_device_added_before_guest_ram_is_mapped_is_announced_once_it_is() {
+    use pci::vfio::DmaState;
+    let (mut h, host) = vm_with_two_vfs();
+    host.0.lock().unwrap().dma = Some(DmaState::Pending);
+    h.add(add_request(VF2, "vf2")).unwrap();
+    assert_eq!(host.take_calls(), [format!("validate {VF2}"), "plug vf2 3".to_string()], "not announced yet");
+    h.on_dma_mapped(); // a mapping that is still under way (a stale wake-up) changes nothing
+    assert!(!host.take_calls().iter().any(|c| c.starts_with("announce")));
+    host.0.lock().unwrap().dma = Some(DmaState::Ready);
+    h.on_dma_mapped();
+    let calls = host.take_calls();
+    assert_eq!(calls[0], "announce 3 up", "{calls:?}");
+    assert!(phase_names(&h.timings()["last_attach"]).contains(&"guest notified (GED interrupt)".to_string()));
+    h.on_dma_mapped(); // announced once
+    assert!(!host.take_calls().iter().any(|c| c.starts_with("announce")));
+
+    // Mapping fails: the device is taken back, the guest never hears of it.
+    host.0.lock().unwrap().dma = Some(DmaState::Pending);
+    h.add(add_request(VF3, "vf3")).unwrap();
+    host.take_calls();
+    host.0.lock().unwrap().dma = Some(DmaState::Failed("no IOMMU room".into()));
+    h.on_dma_mapped();
+    let calls = host.take_calls();
+    assert!(calls.contains(&"unplug 4".to_string()) && !calls.iter().any(|c| c.starts_with("announce")), "{calls:?}");
+    assert!(!states(&mut h).iter().any(|s| s.starts_with("vf3=")), "{:?}", states(&mut h));
+    // And an add while mapping has already failed is refused, changing nothing.
+    let e = h.add(add_request(VF3, "vf3")).unwrap_err();
+    assert_eq!(e.status, 500, "{}", e.message);
+    assert!(!states(&mut h).iter().any(|s| s.starts_with("vf3=")));
 }

@@ -21,8 +21,8 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_device::{DeviceMmio, DevicePio};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::SerialConfig;
-use crate::kvm_platform::BarRouter;
+use crate::platform::config::SerialConfig;
+use crate::platform::kvm_platform::BarRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceManagerError {
@@ -80,9 +80,10 @@ fn serial_output(cfg: &SerialConfig) -> Result<(SerialOut, Option<ConsoleDrain>)
         ),
     };
     let (writer, drain) = console::spawn_with_init(
+        "console",
         out,
         console::CONSOLE_BUFFER,
-        crate::seccomp::hook(crate::seccomp::ThreadRole::Console),
+        crate::process::seccomp::hook(crate::process::seccomp::ThreadRole::Console),
     )
     .map_err(DeviceManagerError::Console)?;
     Ok((Box::new(writer), Some(drain)))

@@ -6,10 +6,10 @@ use api::{ApiReceiver, ApiRequest, Refusal, Response};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use serde_json::json;
 
-use crate::hotplug::Hotplug;
-use crate::vcpu::{ExitSignal, GuestExit};
-use crate::vcpu_set::{VcpuSet, VcpuSetError};
-use crate::vm_state::VmEvent;
+use crate::passthrough::hotplug::Hotplug;
+use crate::vcpus::vcpu::{ExitSignal, GuestExit};
+use crate::vcpus::vcpu_set::{VcpuSet, VcpuSetError};
+use crate::vcpus::vm_state::VmEvent;
 
 pub struct ApiHandler {
     rx: ApiReceiver,

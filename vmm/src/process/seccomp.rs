@@ -6,6 +6,7 @@
 //! | `vcpu<N>` | at start, before the first KVM_RUN | run the vCPU, reach devices (port/MMIO emulation, VFIO config and BAR regions, MSI routes and irqfds) |
 //! | `api` | at start, before the first accept | serve the socket (poll, accept, read, write) and hand requests over |
 //! | `console` | at start | write guest output to stdout or a file |
+//! | `log` | at start | write vfvmm's log lines to stderr |
 //! | `vfio-dma` | at start | map guest RAM for DMA |
 //! | `vfio-host` | at start | open, reset and close host devices (the VMM thread waits for it with a bound) |
 //! | `vmm` (main) | before its event loop, once every other thread is started | everything device set-up and teardown need (VFIO, sysfs, KVM, eventfds, threads) |
@@ -18,7 +19,9 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -48,6 +51,7 @@ pub enum ThreadRole {
     Vcpu,
     Api,
     Console,
+    Log,
     DmaMapper,
     HostWorker,
 }
@@ -59,6 +63,7 @@ impl ThreadRole {
             ThreadRole::Vcpu => "vcpu",
             ThreadRole::Api => "api",
             ThreadRole::Console => "console",
+            ThreadRole::Log => "log",
             ThreadRole::DmaMapper => "vfio-dma",
             ThreadRole::HostWorker => "vfio-host",
         }
@@ -118,7 +123,7 @@ impl ThreadRole {
                 libc::SYS_sendmsg,
                 libc::SYS_shutdown,
             ],
-            ThreadRole::Console => vec![libc::SYS_fsync, libc::SYS_fdatasync],
+            ThreadRole::Console | ThreadRole::Log => vec![libc::SYS_fsync, libc::SYS_fdatasync],
             ThreadRole::DmaMapper => vec![libc::SYS_ioctl],
             // The host-device work it takes off the VMM thread: the VMM thread's calls.
             ThreadRole::HostWorker | ThreadRole::Vmm => vec![
@@ -193,9 +198,28 @@ static MODE: std::sync::OnceLock<SeccompMode> = std::sync::OnceLock::new();
 pub fn set_mode(mode: SeccompMode) -> Result<(), SeccompError> {
     let mode = *MODE.get_or_init(|| mode);
     if mode != SeccompMode::Off {
+        tune_malloc_for_filters();
         install_sigsys_handler()?;
     }
     Ok(())
+}
+
+/// glibc's malloc opens files behind its callers' backs, which a thread whose filter allows
+/// no `openat` (vCPUs, `api`, `console`, `log`) must never be made to do:
+/// - the first time a thread's own heap (arena) shrinks, it reads
+///   /proc/sys/vm/overcommit_memory — seen: an API request with a 20,000-character device id
+///   (a 20 KiB answer) ended the process through the `api` thread's filter;
+/// - when a 9th arena would be made, it counts the CPUs from /sys/devices/system/cpu/online.
+///
+/// A trim threshold no thread heap reaches (they are 64 MiB at most) means heaps never shrink,
+/// and a fixed arena limit means the CPUs are never counted. Called before any thread starts.
+fn tune_malloc_for_filters() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets malloc tunables; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 8);
+    }
 }
 
 /// Installs `role`'s filter on the calling thread, in the process's mode.
@@ -215,7 +239,16 @@ thread_local! {
 
 /// Builds the BPF program of `role`.
 pub fn filter(role: ThreadRole, mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = role.syscalls().into_iter().map(|nr| (nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = role.syscalls().into_iter().map(|nr| (nr, vec![])).collect();
+    if let (Some(ioctl), Some(requests)) =
+        (rules.get_mut(&libc::SYS_ioctl), crate::process::seccomp_ioctls::allowed(role))
+    {
+        for request in requests {
+            let only = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                .map_err(|e| SeccompError::Build(role.name(), e.to_string()))?;
+            ioctl.push(SeccompRule::new(vec![only]).map_err(|e| SeccompError::Build(role.name(), e.to_string()))?);
+        }
+    }
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
@@ -243,17 +276,24 @@ pub fn install_sigsys_handler() -> Result<(), SeccompError> {
         .map_err(|e| SeccompError::Handler(std::io::Error::from_raw_os_error(e.errno())))
 }
 
-extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // siginfo's SIGSYS fields: the call's address (8 bytes at 16), then its number (at 24).
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS, which is at least 128 bytes.
     let nr = unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() };
     let role = ROLE.with(|r| r.get());
-    let mut msg = [0u8; 160];
+    let mut msg = [0u8; 200];
     let mut len = 0;
     for part in ["vfvmm: error: seccomp: the ", role, " thread made a forbidden system call (number "] {
         len += copy_into(&mut msg[len..], part.as_bytes());
     }
     len += write_decimal(&mut msg[len..], nr);
+    if i64::from(nr) == libc::SYS_ioctl && !ctx.is_null() {
+        // The request is the call's second argument (rsi) in the interrupted context.
+        // SAFETY: for a SA_SIGINFO handler the kernel passes a valid ucontext_t.
+        let request = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RSI as usize] };
+        len += copy_into(&mut msg[len..], b", ioctl request ");
+        len += write_hex(&mut msg[len..], request as u64);
+    }
     len += copy_into(&mut msg[len..], b"); see --seccomp\n");
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every filter.
     unsafe {
@@ -266,6 +306,22 @@ fn copy_into(dst: &mut [u8], src: &[u8]) -> usize {
     let n = src.len().min(dst.len());
     dst[..n].copy_from_slice(&src[..n]);
     n
+}
+
+fn write_hex(dst: &mut [u8], value: u64) -> usize {
+    let mut digits = [0u8; 18];
+    digits[..2].copy_from_slice(b"0x");
+    let mut n = 2;
+    let mut started = false;
+    for shift in (0..16).rev() {
+        let d = ((value >> (shift * 4)) & 0xf) as u8;
+        if d != 0 || started || shift == 0 {
+            started = true;
+            digits[n] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+            n += 1;
+        }
+    }
+    copy_into(dst, &digits[..n])
 }
 
 fn write_decimal(dst: &mut [u8], value: i32) -> usize {
@@ -298,6 +354,7 @@ mod tests {
             ThreadRole::Vcpu,
             ThreadRole::Api,
             ThreadRole::Console,
+            ThreadRole::Log,
             ThreadRole::DmaMapper,
             ThreadRole::HostWorker,
         ] {
@@ -315,11 +372,34 @@ mod tests {
 
     #[test]
     fn the_sigsys_message_names_the_number() {
-        let mut b = [0u8; 16];
+        let mut b = [0u8; 20];
         let n = write_decimal(&mut b, 257);
         assert_eq!(&b[..n], b"257");
         let n = write_decimal(&mut b, -1);
         assert_eq!(&b[..n], b"-1");
+        let n = write_hex(&mut b, 0xae80);
+        assert_eq!(&b[..n], b"0xae80");
+        let n = write_hex(&mut b, 0);
+        assert_eq!(&b[..n], b"0x0");
+    }
+
+    /// vCPUs and the VMM thread may make their own ioctls only; the other threads none, or
+    /// (api: FIONBIO) any.
+    #[test]
+    fn ioctl_requests_are_listed_per_role() {
+        use crate::process::seccomp_ioctls::allowed;
+        let vcpu = allowed(ThreadRole::Vcpu).unwrap();
+        let vmm = allowed(ThreadRole::Vmm).unwrap();
+        let kvm_run = 0xae80;
+        let vfio_set_irqs = 0x3b6e;
+        let vfio_group_set_container = 0x3b68;
+        let tcsets = 0x5402;
+        assert!(vcpu.contains(&kvm_run) && vcpu.contains(&vfio_set_irqs));
+        assert!(!vcpu.contains(&vfio_group_set_container) && !vcpu.contains(&tcsets), "no device set-up on a vCPU");
+        assert!(vcpu.iter().all(|n| vmm.contains(n)), "the VMM thread does what vCPUs do");
+        assert!(vmm.contains(&vfio_group_set_container) && vmm.contains(&tcsets));
+        assert_eq!(allowed(ThreadRole::DmaMapper).unwrap().len(), 3);
+        assert!(allowed(ThreadRole::Console).is_none() && !ThreadRole::Console.syscalls().contains(&libc::SYS_ioctl));
     }
 
     /// A thread with the vCPU filter installed (log mode would let it through; enforce kills

@@ -18,9 +18,9 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::EntryPoint;
-use crate::coalesced_io::CoalescedRing;
-use crate::exit_counters::ExitCounters;
+use crate::platform::boot::EntryPoint;
+use crate::vcpus::coalesced_io::CoalescedRing;
+use crate::vcpus::exit_counters::ExitCounters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -327,7 +327,7 @@ fn handle_exit(id: u8, exit: VcpuExit, shared: &VcpuShared, counters: &mut ExitC
 
 fn run_loop(id: u8, mut vcpu: VcpuFd, shared: Arc<VcpuShared>) -> ExitCounters {
     let mut counters = ExitCounters::default();
-    if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::Vcpu) {
+    if let Err(e) = crate::process::seccomp::install_for(crate::process::seccomp::ThreadRole::Vcpu) {
         shared.exit.raise(GuestExit::Failed(format!("vcpu{id}: {e}")));
         return counters;
     }

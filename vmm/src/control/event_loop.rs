@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::vcpu::{ExitSignal, GuestExit};
+use crate::vcpus::vcpu::{ExitSignal, GuestExit};
 
 /// Input we hold for the guest before we stop reading the host's stdin.
 const MAX_PENDING_INPUT: usize = 4096;
@@ -211,7 +211,7 @@ pub struct HotplugWatcher {
     dma_done: EventFd,
     recovery_timer: TimerFd,
     requests: std::collections::BTreeMap<u8, EventFd>,
-    hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
+    hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
 }
 
 /// Event data of host-request eventfds: this plus the slot.
@@ -222,7 +222,7 @@ impl HotplugWatcher {
         eject: EventFd,
         resync: EventFd,
         dma_done: EventFd,
-        hotplug: Arc<Mutex<crate::hotplug::Hotplug>>,
+        hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
     ) -> std::io::Result<Self> {
         let recovery_timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
         Ok(Self { eject, resync, dma_done, recovery_timer, requests: Default::default(), hotplug })
@@ -247,7 +247,7 @@ impl HotplugWatcher {
         let changes = self.hotplug.lock().map(|mut h| h.take_request_watch()).unwrap_or_default();
         for change in changes {
             match change {
-                crate::hotplug::RequestWatch::Add { slot, fd } => {
+                crate::passthrough::hotplug::RequestWatch::Add { slot, fd } => {
                     let ev = Events::with_data(&fd, REQUEST_DATA_BASE + u32::from(slot), EventSet::IN);
                     match ops.add(ev) {
                         Ok(()) => {
@@ -256,7 +256,7 @@ impl HotplugWatcher {
                         Err(e) => log::warn!("slot {slot}: cannot watch host requests: {e:?}"),
                     }
                 }
-                crate::hotplug::RequestWatch::Remove { slot } => {
+                crate::passthrough::hotplug::RequestWatch::Remove { slot } => {
                     if let Some(fd) = self.requests.remove(&slot) {
                         let _ = ops.remove(Events::with_data(&fd, REQUEST_DATA_BASE + u32::from(slot), EventSet::IN));
                     }

@@ -1,9 +1,9 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::manage::VmDevice;
-use crate::registry::VmRecord;
-use crate::sriov::VfInfo;
+use crate::host::manage::VmDevice;
+use crate::host::registry::VmRecord;
+use crate::host::sriov::VfInfo;
 
 /// PF with `count` VFs; `held[i]` = "vm/id" holding VF i.
 fn pf(count: u32, held: &[(u32, &str)]) -> PfInfo {

@@ -10,8 +10,8 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::config::{KernelConfig, KernelFormat};
-use crate::memory::GuestMemory;
+use crate::platform::config::{KernelConfig, KernelFormat};
+use crate::platform::memory::GuestMemory;
 
 /// 64-bit entry point offset inside a bzImage's protected-mode code.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;

@@ -107,7 +107,7 @@ pub struct Cli {
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
     pub seccomp: String,
     /// Where running VMs register themselves for vfctl (created with mode 0700).
-    #[arg(long = "run-dir", value_name = "DIR", default_value = api::registry::DEFAULT_RUN_DIR)]
+    #[arg(long = "run-dir", value_name = "DIR", default_value = api::host::registry::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
 }
 
@@ -158,7 +158,7 @@ pub struct VmConfig {
     /// Registry name (with an API socket) and directory.
     pub name: Option<String>,
     pub run_dir: PathBuf,
-    pub seccomp: crate::seccomp::SeccompMode,
+    pub seccomp: crate::process::seccomp::SeccompMode,
 }
 
 /// Splits `a=1,b=2` into pairs, rejecting unknown and repeated keys.
@@ -245,7 +245,7 @@ fn parse_memory(value: &str) -> Result<MemorySpec, ConfigError> {
         Some(other) => Err(ConfigError::InvalidSwitch { key, value: other.to_string() }),
     };
     let (hugepages, prefault) = (switch("hugepages")?, switch("prefault")?);
-    if hugepages && !bytes.is_multiple_of(crate::memory::HUGE_PAGE_SIZE) {
+    if hugepages && !bytes.is_multiple_of(crate::platform::memory::HUGE_PAGE_SIZE) {
         return Err(ConfigError::HugepageMultiple(size.to_string()));
     }
     Ok(MemorySpec { bytes, hugepages, prefault })
@@ -265,11 +265,11 @@ fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
 fn parse_device(value: &str) -> Result<DeviceConfig, ConfigError> {
     let pairs = key_values("device", value, &["path", "id"], "path=PATH[,id=ID]")?;
     let path = required("device", &pairs, "path")?;
-    let normalized =
-        api::request::normalize_device_path(path).ok_or_else(|| ConfigError::InvalidDevicePath(path.to_string()))?;
+    let normalized = api::rest::request::normalize_device_path(path)
+        .ok_or_else(|| ConfigError::InvalidDevicePath(path.to_string()))?;
     let id = pairs.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
     if let Some(id) = &id {
-        if !api::request::valid_device_id(id) {
+        if !api::rest::request::valid_device_id(id) {
             return Err(ConfigError::InvalidDeviceId(id.clone()));
         }
     }
@@ -346,7 +346,7 @@ impl Cli {
         }
         let api_socket = self.api_socket.as_deref().map(parse_api_socket).transpose()?;
         if let Some(name) = &self.name {
-            api::registry::validate_name(name).map_err(|e| ConfigError::Usage(format!("--name: {e}")))?;
+            api::host::registry::validate_name(name).map_err(|e| ConfigError::Usage(format!("--name: {e}")))?;
             if api_socket.is_none() {
                 return Err(ConfigError::Usage(
                     "--name needs --api-socket (the name is how vfctl finds the socket)".into(),
@@ -396,9 +396,9 @@ impl Cli {
                 name: self.name.clone(),
                 run_dir: self.run_dir.clone(),
                 seccomp: match self.seccomp.as_str() {
-                    "log" => crate::seccomp::SeccompMode::Log,
-                    "false" => crate::seccomp::SeccompMode::Off,
-                    _ => crate::seccomp::SeccompMode::Enforce,
+                    "log" => crate::process::seccomp::SeccompMode::Log,
+                    "false" => crate::process::seccomp::SeccompMode::Off,
+                    _ => crate::process::seccomp::SeccompMode::Enforce,
                 },
             },
         ))

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::manage::VmView;
-use crate::sriov::PfInfo;
+use crate::host::manage::VmView;
+use crate::host::sriov::PfInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Mode {

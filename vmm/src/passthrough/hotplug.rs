@@ -13,12 +13,16 @@ use api::{AddDevice, ApiError, Refusal};
 use serde_json::json;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::attachment::{transition, AttachAction, AttachEvent, AttachState};
-use crate::binding::BindingState;
-use crate::config::DeviceConfig;
-use crate::device_host::DeviceHost;
-use crate::timeline::{Timeline, Timings};
-use crate::vfio::{HostDevice, VfioError};
+use crate::passthrough::attachment::{transition, AttachAction, AttachEvent, AttachState};
+use crate::passthrough::binding::BindingState;
+use crate::passthrough::device_host::DeviceHost;
+use crate::platform::config::DeviceConfig;
+use crate::platform::timeline::{Timeline, Timings};
+use pci::vfio::DmaState;
+
+/// The attach timeline's mark for the guest's hotplug notification.
+const GUEST_NOTIFIED: &str = "guest notified (GED interrupt)";
+use crate::passthrough::vfio::{HostDevice, VfioError};
 use devices::timing::names;
 
 /// Detached devices `vm.info` still shows.
@@ -64,7 +68,13 @@ pub struct Hotplug {
     detaching: Option<(String, Timeline)>,
     /// Whether the last attach's full timeline has been logged.
     attach_logged: bool,
+    /// Slots of devices added while guest RAM was still being DMA-mapped: the guest is told
+    /// about them once mapping is done, so that it cannot start their DMA before it works.
+    announce_when_mapped: Vec<u8>,
 }
+
+/// How long boot and resume wait for guest RAM to be DMA-mapped for their devices.
+pub const DMA_WAIT: Duration = Duration::from_secs(300);
 
 /// The milestones the host and guest reach that belong to an attach.
 const ATTACH_MILESTONES: [&str; 6] = [
@@ -107,6 +117,7 @@ impl Hotplug {
             timings: Timings::default(),
             detaching: None,
             attach_logged: true,
+            announce_when_mapped: Vec::new(),
         }
     }
 
@@ -228,6 +239,42 @@ impl Hotplug {
         }
     }
 
+    /// Takes back a device just plugged for an attach that is refused after all.
+    fn unplug_refused(&mut self, id: &str, slot: u8) {
+        self.entries.remove(id);
+        self.host.unplug(slot);
+        self.watch(RequestWatch::Remove { slot });
+    }
+
+    /// Guest RAM finished DMA-mapping: the guest is told about the devices added meanwhile
+    /// (or, if mapping failed, they are taken back and the guest never sees them).
+    pub(crate) fn announce_mapped_devices(&mut self) {
+        let state = self.host.dma_state();
+        if state == DmaState::Pending {
+            return;
+        }
+        for slot in std::mem::take(&mut self.announce_when_mapped) {
+            let Some(id) = self
+                .entries
+                .values()
+                .find(|e| e.slot == slot && e.state == AttachState::Attaching)
+                .map(|e| e.host.id.clone())
+            else {
+                continue;
+            };
+            if let DmaState::Failed(reason) = &state {
+                log::error!("{id}: not shown to the guest: guest RAM cannot be DMA-mapped for it: {reason}");
+                self.unplug_refused(&id, slot);
+                continue;
+            }
+            self.host.announce(slot, true);
+            log::info!("{id}: guest RAM is DMA-mapped; the guest is told about the device now");
+            if let Some((_, timeline)) = self.timings.last_attach.as_mut().filter(|(a, _)| *a == id) {
+                timeline.mark(GUEST_NOTIFIED);
+            }
+        }
+    }
+
     /// `vm.add-device`.
     pub fn add(&mut self, req: AddDevice) -> Result<serde_json::Value, ApiError> {
         self.refuse_if_paused("add-device")?;
@@ -249,8 +296,20 @@ impl Hotplug {
         self.entries.remove(&id);
         let slot = self.plug(host).map_err(|e| ApiError::refused(refusal(&e), e.to_string()))?;
         timeline.mark("BARs placed and plugged into the bus");
-        self.host.announce(slot, true);
-        timeline.mark("guest notified (GED interrupt)");
+        match self.host.dma_state() {
+            DmaState::Ready => {
+                self.host.announce(slot, true);
+                timeline.mark(GUEST_NOTIFIED);
+            }
+            DmaState::Pending => self.announce_when_mapped.push(slot),
+            DmaState::Failed(reason) => {
+                self.unplug_refused(&id, slot);
+                return Err(ApiError::refused(
+                    Refusal::Internal,
+                    format!("{id}: guest RAM cannot be DMA-mapped for it: {reason}"),
+                ));
+            }
+        }
         for (name, m) in self.host.milestones(slot) {
             if name == names::DEVICE_OPENED {
                 timeline.add(name, m);
@@ -278,7 +337,7 @@ impl Hotplug {
             let mut timeline = Timeline::starting_now();
             entry.eject_deadline = Some(Instant::now() + self.eject_timeout);
             self.host.announce(entry.slot, false);
-            timeline.mark("guest notified (GED interrupt)");
+            timeline.mark(GUEST_NOTIFIED);
             self.detaching = Some((id.to_string(), timeline));
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::http::HttpRequest;
+use crate::rest::http::HttpRequest;
 
 pub const API_PREFIX: &str = "/api/v1/";
 

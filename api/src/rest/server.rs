@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::http::{parse_request, Response};
-use crate::request::{route, ApiRequest};
+use crate::rest::http::{parse_request, Response};
+use crate::rest::request::{route, ApiRequest};
 
 /// How long a client may take to send its request.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -360,7 +360,7 @@ fn read_more(stream: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Option<ApiReq
             Err(e) => return Err(Response::error(400, &format!("read error: {e}"))),
         }
         // Bounded: parse_request refuses oversized headers and bodies.
-        if buf.len() > crate::http::MAX_HEADER_BYTES + crate::http::MAX_BODY_BYTES + 4096 {
+        if buf.len() > crate::rest::http::MAX_HEADER_BYTES + crate::rest::http::MAX_BODY_BYTES + 4096 {
             break;
         }
     }

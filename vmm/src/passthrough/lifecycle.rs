@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use api::{ApiError, Refusal};
 
-use crate::attachment::AttachState;
-use crate::binding::{transition, BindingAction, BindingEvent, BindingState};
-use crate::config::DeviceConfig;
-use crate::hotplug::{refusal, Hotplug};
-use crate::vfio::{HostDevice, ReacquireError};
+use crate::passthrough::attachment::AttachState;
+use crate::passthrough::binding::{transition, BindingAction, BindingEvent, BindingState};
+use crate::passthrough::hotplug::{refusal, Hotplug};
+use crate::passthrough::vfio::{HostDevice, ReacquireError};
+use crate::platform::config::DeviceConfig;
 
 /// How often resume looks for a released device's path while it waits for it.
 const REACQUIRE_POLL: Duration = Duration::from_millis(50);
@@ -40,8 +40,10 @@ impl Hotplug {
         self.live().map(|e| e.host.id.clone()).collect()
     }
 
-    /// Guest RAM is DMA-mapped: devices get the bus mastering the guest enabled meanwhile.
+    /// Guest RAM is DMA-mapped: devices added meanwhile are shown to the guest, and devices get
+    /// the bus mastering the guest enabled meanwhile.
     pub fn on_dma_mapped(&mut self) {
+        self.announce_mapped_devices();
         let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
         for slot in slots {
             self.host.apply_deferred_bus_master(slot);
@@ -169,6 +171,13 @@ impl Hotplug {
                 if let Err(e) = self.binding_event(&id, BindingEvent::AcquireFailed(reason)) {
                     log::warn!("{}", e.message);
                 }
+            }
+        }
+        // The guest's drivers may touch their devices as soon as the vCPUs run: guest RAM is
+        // DMA-mapped first (re-acquiring the only device remaps it all).
+        if self.live().any(|e| !matches!(e.binding, BindingState::Released { .. })) {
+            if let Err(e) = self.host.wait_dma(crate::passthrough::hotplug::DMA_WAIT) {
+                log::error!("resume: {e}");
             }
         }
         for id in self.live_ids() {

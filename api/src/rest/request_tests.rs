@@ -1,5 +1,5 @@
 use super::*;
-use crate::http::{parse_request, Response};
+use crate::rest::http::{parse_request, Response};
 
 fn req(method: &str, path: &str, body: &str) -> HttpRequest {
     HttpRequest { method: method.into(), path: path.into(), body: body.as_bytes().to_vec() }
@@ -99,7 +99,7 @@ fn malformed_requests_get_a_clear_error() {
 
 #[test]
 fn openapi_file_lists_exactly_the_served_routes() {
-    let spec = include_str!("../openapi.yaml");
+    let spec = include_str!("../../openapi.yaml");
     let mut documented = Vec::new();
     let mut current: Option<String> = None;
     for line in spec.lines() {

@@ -15,10 +15,10 @@ use pci::{BarAllocator, BarRegion, PciBus};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::DeviceConfig;
-use crate::host_worker::HostWorker;
-use crate::kvm_platform::KvmPlatform;
-use crate::memory::GuestMemory;
+use crate::passthrough::host_worker::HostWorker;
+use crate::platform::config::DeviceConfig;
+use crate::platform::kvm_platform::KvmPlatform;
+use crate::platform::memory::GuestMemory;
 use devices::timing::Milestone;
 
 /// BARs this large go to the 64-bit window.
@@ -49,7 +49,7 @@ pub enum VfioError {
     #[error("{path}: cannot open it through VFIO: {reason}")]
     Open { path: String, reason: String },
     #[error("{path}: {reason}")]
-    HostBusy { path: String, reason: crate::host_worker::HostWorkError },
+    HostBusy { path: String, reason: crate::passthrough::host_worker::HostWorkError },
     #[error("{path}: {reason}")]
     Setup { path: String, reason: String },
     #[error("cannot DMA-map guest memory for VFIO: {0}")]
@@ -212,7 +212,7 @@ impl VfioManager {
         let kvm_vfio = vm.create_device(&mut desc).map_err(VfioError::KvmVfioDevice)?;
         let kvm_vfio = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
         let container = VfioContainer::new(Some(kvm_vfio.clone())).map_err(|e| VfioError::Container(e.to_string()))?;
-        let worker = HostWorker::spawn(crate::seccomp::hook(crate::seccomp::ThreadRole::HostWorker))
+        let worker = HostWorker::spawn(crate::process::seccomp::hook(crate::process::seccomp::ThreadRole::HostWorker))
             .map_err(|e| VfioError::Container(e.to_string()))?;
         Ok(Self { container: Arc::new(container), kvm_vfio, platform, devices: Vec::new(), dma_started: false, worker })
     }
@@ -286,7 +286,7 @@ impl VfioManager {
         std::thread::Builder::new()
             .name("vfio-dma".into())
             .spawn(move || {
-                if let Err(e) = crate::seccomp::install_for(crate::seccomp::ThreadRole::DmaMapper) {
+                if let Err(e) = crate::process::seccomp::install_for(crate::process::seccomp::ThreadRole::DmaMapper) {
                     platform.dma().set(generation, Err(e.to_string()));
                     return;
                 }

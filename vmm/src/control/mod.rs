@@ -1,0 +1,5 @@
+//! The VMM thread's control loop: its event sources and the adapter that turns API requests
+//! into VM and device operations.
+
+pub mod api_handler;
+pub mod event_loop;

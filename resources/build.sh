@@ -13,7 +13,6 @@ set -euo pipefail
 KERNEL_VERSION=${VFVMM_KERNEL_VERSION:-6.12.95+deb12-amd64}
 CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
 QBOOT=/usr/share/qemu/qboot.rom
-BACKPORTS_LINE='deb http://deb.debian.org/debian bookworm-backports main'
 # Modules for L1 (dependencies are added automatically, built-ins skipped).
 L1_MODULES=(netfs 9pnet 9pnet_virtio 9p
             ccp irqbypass kvm kvm-amd dca i2c-algo-bit igb
@@ -46,10 +45,29 @@ apt_update_once() {
     apt-get update -qq >&2
     APT_UPDATED=1
 }
+# The mirror this machine's apt already uses for Debian bookworm (deb822 .sources stanzas or
+# one-line .list entries), so that backports come from the same place.
+bookworm_mirror() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        awk 'BEGIN { RS = "" }
+             /(^|\n)Suites:[^\n]*[ \t]bookworm([ \t]|\n|$)/ && !/(^|\n)Enabled:[ \t]*no/ {
+                 if (match($0, /URIs:[ \t]*[^ \t\n]+/)) {
+                     u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit
+                 }
+             }' "$f"
+    done
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+        awk '$1 == "deb" { sub(/\[[^]]*\][ \t]*/, ""); if ($3 == "bookworm") { print $2; exit } }'
+}
 ensure_backports() {
     if ! grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        log "adding bookworm-backports to apt sources"
-        echo "$BACKPORTS_LINE" > /etc/apt/sources.list.d/bookworm-backports.list
+        local mirror
+        mirror=$(bookworm_mirror | head -n 1)
+        [[ -n $mirror ]] || die "no Debian bookworm source in /etc/apt to take bookworm-backports from: add bookworm-backports to apt's sources"
+        log "adding bookworm-backports (from $mirror) to apt sources"
+        echo "deb $mirror bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
         APT_UPDATED=0
     fi
 }

@@ -11,7 +11,10 @@ echo "bench: results and logs in $results"
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section (scenarios/bench-SECTION-only.sh).
 scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
 [[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
-bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 >"$results/run-l1.out"
+echo "bench: every section on both VMMs takes about 10-20 minutes; progress below (elapsed, what is left)"
+t0=$EPOCHREALTIME
+bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 | tee "$results/run-l1.out" |
+    python3 "$REPO/tests/testbed/bench_progress.py" "$t0"
 # The chart needs matplotlib (Debian's python3-matplotlib, for Debian's python3).
 PY=/usr/bin/python3
 [[ -x $PY ]] || PY=python3

@@ -166,6 +166,9 @@ def chart(path):
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 7.5 * rows), squeeze=False)
     for ax in axes.flat[len(kinds):]:
         ax.set_visible(False)
+    # One colour per phase name across the panels, and one legend for the figure.
+    colors = plt.cm.tab20.colors  # the default cycle has 10
+    color_of, legend = {}, {}
     for ax, kind in zip(axes.flat, kinds):
         bars = [("vfvmm", median(runs.get((kind, "vfvmm"), [])))]
         if runs.get((kind, "qemu")):
@@ -176,22 +179,24 @@ def chart(path):
         for x, (name, value) in enumerate(bars):
             if name == "vfvmm" and table:
                 bottom = 0.0
-                colors = plt.cm.tab20.colors  # one colour per phase (the default cycle has 10)
-                for i, (phase, vals) in enumerate(table.items()):
+                for phase, vals in table.items():
                     m = median(vals)
-                    ax.bar(x, m, bottom=bottom, label=phase, color=colors[i % len(colors)])
+                    color = color_of.setdefault(phase, colors[len(color_of) % len(colors)])
+                    legend.setdefault(phase, ax.bar(x, m, bottom=bottom, color=color))
                     bottom += m
                 if value > bottom:
-                    ax.bar(x, value - bottom, bottom=bottom, color="lightgrey", label="rest (outside vfvmm's timeline)")
+                    rest = "rest (outside vfvmm's timeline)"
+                    legend.setdefault(rest, ax.bar(x, value - bottom, bottom=bottom, color="lightgrey"))
             else:
                 ax.bar(x, value, color="grey" if name == "QEMU" else "silver")
             ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(bars)), [b[0] for b in bars])
         ax.set_title(LABELS[kind], fontsize=9)
-        if table:
-            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.suptitle("make bench: medians in the nested testbed (ms; lower is better)")
-    fig.tight_layout()
+    legend_rows = (len(legend) + 2) // 3
+    if legend:
+        fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=3, fontsize=9)
+    fig.tight_layout(rect=(0, min(0.4, 0.035 * legend_rows / rows), 1, 0.97))
     fig.savefig(path, dpi=110)
     return True
 

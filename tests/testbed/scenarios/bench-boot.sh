@@ -70,6 +70,17 @@ qemu_cmd() {
 
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
+# Progress for bench.sh on L0: "L1-BENCH-SECTION NAME K N rounds=R" as a section starts and
+# "L1-BENCH-ROUND NAME R ROUNDS" as one of its rounds ends (its figure lines came before).
+SECTIONS=(boot vf reconf multi hotplug)
+[[ ${BENCH_ONLY:-all} == all ]] || SECTIONS=("$BENCH_ONLY")
+bench_section() {
+    local i
+    for i in "${!SECTIONS[@]}"; do
+        [[ ${SECTIONS[$i]} == "$1" ]] && echo "L1-BENCH-SECTION $1 $((i + 1)) ${#SECTIONS[@]} rounds=$2"
+    done
+}
+bench_round() { echo "L1-BENCH-ROUND $1 $2 $3"; }
 
 # Huge pages for BOOTHP (512 x 2 MiB of L1's 2 GiB, while the boot section runs).
 echo 512 > /proc/sys/vm/nr_hugepages
@@ -93,6 +104,7 @@ boot_qemu() {  # boot_qemu KIND NAME ARGS...
 # The testbed slows down over an L1 run (later boots take longer, whichever VMM): every
 # round boots each configuration once, in the same order, so that no figure gets the fast
 # early slots.
+section boot && bench_section boot "$BOOT_ROUNDS"
 # shellcheck disable=SC2046
 section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_vfvmm BOOT boot "boot-vfvmm-$round" $(vfvmm_cmd)
@@ -105,6 +117,7 @@ section boot && for ((round = 1; round <= BOOT_ROUNDS; round++)); do
     boot_qemu BOOTELF "elf-qemu-$round" $(qemu_cmd | sed "s|vmlinuz|vmlinux|")
     boot_vfvmm BOOTELFHP bootelfhp "elfhp-vfvmm-$round" $(vfvmm_cmd HP | sed "s|vmlinuz|vmlinux|")
     boot_qemu BOOTELFHP "elfhp-qemu-$round" $(qemu_cmd HP | sed "s|vmlinuz|vmlinux|")
+    bench_round boot "$round" "$BOOT_ROUNDS"
 done
 # The other sections run without huge pages: give L1 its memory back.
 echo 0 > /proc/sys/vm/nr_hugepages
@@ -112,6 +125,7 @@ echo 0 > /proc/sys/vm/nr_hugepages
 vf_setup "$VF0"
 rtt() { sed -n 's/.*L2-RTT min=[0-9.]* avg=\([0-9.]*\) .*/\1/p' "$RESULTS/$1.log" | head -n 1; }
 VFARGS="$APPEND l2.vf=1 l2.ip=192.0.2.10 l2.pings=20 l2.action=poweroff"
+section vf && bench_section vf "$ROUNDS"
 section vf && for ((round = 1; round <= ROUNDS; round++)); do
     # shellcheck disable=SC2046
     run_vmm "vf-vfvmm-$round" 400 -- $(vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0" --cmdline "$VFARGS" || true
@@ -121,6 +135,7 @@ section vf && for ((round = 1; round <= ROUNDS; round++)); do
     run_vmm "vf-qemu-$round" 400 -- $(qemu_cmd) -device "vfio-pci,host=$VF0" -append "$VFARGS" || true
     echo "BOOTVF qemu $round $(marker_ms "vf-qemu-$round" L2-INIT-START || echo NA)" | tee -a "$out"
     echo "RTT qemu $round $(rtt "vf-qemu-$round" || true)" | tee -a "$out"
+    bench_round vf "$round" "$ROUNDS"
 done
 
 HERE=$(dirname "${BASH_SOURCE[0]}")/..
@@ -140,6 +155,7 @@ recreate_vfs() {  # the PF's VF count through 0 and back to 2, VFs bound to vfio
 #   RECONF_DETACH  remove-device -> VF free -> numvfs 2 -> 0 -> 2 -> add-device -> the guest's
 #                  igbvf bound, its netdev up -> first ping reply
 if section reconf; then
+    bench_section reconf "$ROUNDS"
     SOCKR=/tmp/bench-reconf.sock
     # shellcheck disable=SC2046
     vmm_start rc-vfvmm 1800 -- $(vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0,id=vf0" --api-socket "path=$SOCKR" \
@@ -172,6 +188,7 @@ if section reconf; then
         res=$(guest_cmd rc-vfvmm 180 "i=0; while [ ! -e /sys/bus/pci/drivers/igbvf/$gbdf/net ] && [ \$i -lt 1200 ]; do sleep 0.05; i=\$((i+1)); done; /init vf-ping $gbdf 192.0.2.$ip 1 >/dev/null; /init vf-wait-ping $gbdf 60")
         t4=$(ms_now)
         [[ $res == *ok=1* ]] && echo "RECONF_DETACH vfvmm $round $((t4 - t0))" | tee -a "$out"
+        bench_round reconf "$round" "$ROUNDS"
     done
     "$VFCTL" --api-socket "$SOCKR" shutdown-vmm > /dev/null 2>&1
     vmm_wait rc-vfvmm
@@ -183,6 +200,7 @@ fi
 #                re-attached VF's netdev is new, so the guest configures its address again:
 #                the script does that as soon as the guest's igbvf is bound)
 if section multi; then
+    bench_section multi "$ROUNDS"
     PF=0000:01:00.0
     VF1=0000:01:10.2
     vf_setup "$VF0" "$VF1"
@@ -255,10 +273,12 @@ if section multi; then
             "$VFCTL" reconfigure "$PF" --num-vfs 2 --mode pause > "$RESULTS/multi-back-$mode-$round.txt" 2>&1
             pingers stop
         done
+        bench_round multi "$round" "$ROUNDS"
     done
     for vm in ma mb; do "$VFCTL" --vm "$vm" shutdown-vmm > /dev/null 2>&1; vmm_wait "$vm"; done
 fi
 section hotplug || exit 0
+bench_section hotplug 3
 
 # Hot-attach / hot-detach latency, 3 rounds each in one guest per VMM.
 GROUP=$(basename "$(readlink "/sys/bus/pci/devices/$VF0/iommu_group")")
@@ -340,9 +360,12 @@ hotplug_pair() {
     vmm_wait "hp$suffix-qemu"
 }
 hotplug_pair ""
+bench_round hotplug 1 3
 hotplug_pair PF
+bench_round hotplug 2 3
 # Huge pages for the last pair only (160 x 2 MiB: one 256 MiB guest at a time).
 echo 160 > /proc/sys/vm/nr_hugepages
 hotplug_pair HP
+bench_round hotplug 3 3
 echo 0 > /proc/sys/vm/nr_hugepages
 exit 0

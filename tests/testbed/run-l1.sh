@@ -120,10 +120,17 @@ watchdog() {
         if ((silent > longest)); then longest=$silent; echo "$longest" > "$RESULTS_DIR/l1-watchdog"; fi
         ((WATCHDOG > 0 && silent >= WATCHDOG)) || continue
         echo "run-l1.sh: watchdog: L1 silent for ${silent}s (no console output, no heartbeat): dumping its state" >&2
-        timeout 60 python3 "$HERE/l1_dump.py" "$QMP_SOCK" "$RESULTS_DIR/l1-kallsyms" > "$FROZEN.tmp" 2>&1
+        if ! timeout 20 python3 "$HERE/l1_dump.py" "$QMP_SOCK" "$RESULTS_DIR/l1-kallsyms" > "$FROZEN.tmp" 2>&1; then
+            # QEMU itself does not answer (its monitor is stuck too): say so in the dump.
+            { echo "L1-FREEZE status=no-answer (QEMU's monitor did not answer within 20 s)"; cat "$FROZEN.tmp"; } > "$FROZEN.no-answer"
+            mv "$FROZEN.no-answer" "$FROZEN.tmp"
+        fi
         mv "$FROZEN.tmp" "$FROZEN"
         head -n 1 "$FROZEN" >&2
-        timeout 10 python3 "$HERE/qmp.py" "$QMP_SOCK" quit >/dev/null 2>&1 || true
+        timeout 5 python3 "$HERE/qmp.py" "$QMP_SOCK" quit >/dev/null 2>&1 || true
+        sleep 2
+        # A QEMU that did not quit is killed: a frozen L1 never costs more than this.
+        pkill -KILL -f -- "unix:$QMP_SOCK," 2>/dev/null || true
         return
     done
 }

@@ -59,7 +59,7 @@ impl GuestExit {
     }
 }
 
-/// The process's logger (see [`logging`]).
+/// The process's logger (see [`process::logging`]).
 pub fn init_logging() {
     process::logging::init();
 }

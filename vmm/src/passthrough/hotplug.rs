@@ -16,14 +16,14 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::passthrough::attachment::{transition, AttachAction, AttachEvent, AttachState};
 use crate::passthrough::binding::BindingState;
 use crate::passthrough::device_host::DeviceHost;
+use crate::passthrough::vfio::{HostDevice, VfioError};
 use crate::platform::config::DeviceConfig;
 use crate::platform::timeline::{Timeline, Timings};
+use devices::timing::names;
 use pci::vfio::DmaState;
 
 /// The attach timeline's mark for the guest's hotplug notification.
 const GUEST_NOTIFIED: &str = "guest notified (GED interrupt)";
-use crate::passthrough::vfio::{HostDevice, VfioError};
-use devices::timing::names;
 
 /// Detached devices `vm.info` still shows.
 const MAX_DETACHED_SHOWN: usize = 16;

@@ -15,10 +15,11 @@ CACHE=${VFVMM_CACHE:-/var/cache/vfvmm}
 QBOOT=/usr/share/qemu/qboot.rom
 # Modules for L1 (dependencies are added automatically, built-ins skipped).
 L1_MODULES=(netfs 9pnet 9pnet_virtio 9p
-            ccp irqbypass kvm kvm-amd dca i2c-algo-bit igb
+            ccp irqbypass kvm kvm-amd dca i2c-algo-bit igb nvme
             vfio vfio_iommu_type1 vfio-pci-core vfio-pci)
-# Modules shipped (not loaded) in L2: /lib/modules/igbvf.ko
-L2_MODULES=(igbvf evdev button)
+# Modules shipped (not loaded) in L2: /lib/modules/NAME.ko, with /etc/modules.dep naming each
+# one's dependencies in load order (the guest's init loads igbvf or nvme as a test asks).
+L2_MODULES=(igbvf nvme evdev button)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF=$REPO/resources/build.sh
@@ -190,6 +191,16 @@ resolve_module() {
     for d in $(modinfo -F depends "${MODPATH[$n]}" | tr ',' ' '); do resolve_module "$d"; done
     ORDER+=("$n")
 }
+# module_deps NAME: NAME's (non-built-in) dependencies, transitively, dependencies first.
+module_deps() {
+    local d
+    for d in $(modinfo -F depends "${MODPATH[${1//-/_}]}" | tr ',' ' '); do
+        d=${d//-/_}
+        [[ -n ${BUILTIN[$d]:-} ]] && continue
+        module_deps "$d"
+        echo "$d"
+    done | awk '!seen[$0]++'
+}
 decompress_ko() {
     case $1 in
         *.ko.xz) xz -dc "$1" ;; *.ko.zst) zstd -dcq "$1" ;; *.ko.gz) gzip -dc "$1" ;; *) cat "$1" ;;
@@ -215,9 +226,11 @@ build_initramfs() {
     mknod -m 666 "$stage/dev/null" c 1 3
     install -m 755 "$init" "$stage/init"
     : > "$stage/etc/modules.order"
+    : > "$stage/etc/modules.dep"
     for n in "${ORDER[@]}"; do
         decompress_ko "${MODPATH[$n]}" > "$stage/lib/modules/$n.ko"
         if [[ $load == 1 ]]; then echo "$n" >> "$stage/etc/modules.order"; fi
+        echo "$n $(module_deps "$n" | tr '\n' ' ')" >> "$stage/etc/modules.dep"
     done
     echo "$KVER" > "$stage/etc/kernel-version"
     (cd "$stage" && find . -mindepth 1 -print0 | sort -z \

@@ -1,5 +1,6 @@
 #!/bin/bash
 # Boot the L1 "SR-IOV host" under TCG and run SCRIPT in it (chroot into L0's read-only /).
+# L1's SR-IOV PFs: igb at 0000:01:00.0, NVMe at 0000:03:00.0 (a fresh 64 MiB namespace per run).
 # Usage: run-l1.sh SCRIPT RESULTS_DIR [TIMEOUT_SECONDS]     (default timeout 600)
 #        run-l1.sh shell RESULTS_DIR                         (interactive L1 shell; Ctrl-A x quits)
 # SCRIPT: absolute L0 path, run as `bash SCRIPT` with RESULTS=/tmp/results (= RESULTS_DIR on L0),
@@ -63,6 +64,8 @@ RESULTS_DIR=$(realpath "$2")
 QMP_DIR=$(mktemp -d /tmp/vfvmm-l1.XXXXXX)
 QMP_SOCK=$QMP_DIR/qmp.sock
 trap 'rm -rf "$QMP_DIR"' EXIT
+# The NVMe namespace's backing store: 64 MiB, sparse, new for every L1 run.
+truncate -s 64M "$QMP_DIR/nvme-ns1.img"
 
 APPEND="console=ttyS0 panic=-1 intel_iommu=on vfvmm.cache=$CACHE vfvmm.repo=$REPO"
 APPEND+=" vfvmm.9pcache=${VFVMM_9P_CACHE:-loose}"
@@ -78,6 +81,16 @@ QEMU=(qemu-system-x86_64
     -device pcie-pci-bridge,id=pb1,bus=pcie.0,addr=0x5
     -device e1000,bus=pb1,addr=1,netdev=n1 -device e1000,bus=pb1,addr=2,netdev=n2
     -netdev hubport,id=n1,hubid=1 -netdev hubport,id=n2,hubid=1
+    # An NVMe SR-IOV PF (the second class of VF: storage) behind its own root port, after the
+    # bridge so the buses above keep their numbers. Its namespace (a sparse file of this run)
+    # belongs to the subsystem: it keeps its content while VFs come and go. Resources for the
+    # VFs' secondary controllers: 8 flexible queues and 4 flexible interrupts (2 VFs x (admin +
+    # 3 I/O queues, 2 vectors)); QEMU wants max_ioqpairs - sriov_vq_flexible >= 2.
+    -device pcie-root-port,id=rp2,bus=pcie.0,addr=0x6,slot=2,chassis=2
+    -device nvme-subsys,id=nvsubsys0
+    -device "nvme,bus=rp2,id=nvme0,serial=vfvmm0,subsys=nvsubsys0,sriov_max_vfs=2,sriov_vq_flexible=8,sriov_vi_flexible=4,max_ioqpairs=12,msix_qsize=8"
+    -drive "file=$QMP_DIR/nvme-ns1.img,if=none,id=nvm1,format=raw"
+    -device nvme-ns,drive=nvm1,bus=nvme0,nsid=1,shared=on
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$RESULTS_DIR,mount_tag=results,security_model=none"
     -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on,multidevs=remap"

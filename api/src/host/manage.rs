@@ -146,6 +146,9 @@ mod tests {
     fn pf(held: &[Option<&str>]) -> PfInfo {
         PfInfo {
             address: "0000:01:00.0".into(),
+            class: "ethernet".into(),
+            nvme: None,
+            provisioning_error: None,
             driver: Some("igb".into()),
             netdev: None,
             total_vfs: 7,

@@ -3,6 +3,8 @@
 //! across VMs and PF reconfiguration with rollback.
 
 pub mod manage;
+pub mod nvme;
+pub mod provision;
 pub mod reconfigure;
 pub mod registry;
 pub mod sriov;

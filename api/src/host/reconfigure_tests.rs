@@ -9,6 +9,9 @@ use crate::host::sriov::VfInfo;
 fn pf(count: u32, held: &[(u32, &str)]) -> PfInfo {
     PfInfo {
         address: "0000:01:00.0".into(),
+        class: "ethernet".into(),
+        nvme: None,
+        provisioning_error: None,
         driver: Some("igb".into()),
         netdev: Some("eth0".into()),
         total_vfs: 7,

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::host::nvme::NvmeDetails;
+use crate::host::provision::class_name;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SriovError {
     #[error("{path}: {source}")]
@@ -40,12 +43,21 @@ pub struct VfInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PfInfo {
     pub address: String,
+    /// The PCI class, named ("ethernet", "nvme", ...).
+    pub class: String,
     pub driver: Option<String>,
     pub netdev: Option<String>,
     pub total_vfs: u32,
     pub num_vfs: u32,
     pub drivers_autoprobe: bool,
     pub vfs: Vec<VfInfo>,
+    /// An NVMe PF's secondary controllers and flexible resources (filled in by
+    /// [`crate::host::provision::describe`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvme: Option<NvmeDetails>,
+    /// Why the class's details could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning_error: Option<String>,
 }
 
 /// sysfs (and /dev, for VFIO group nodes) under a root.
@@ -136,6 +148,7 @@ impl Sysfs {
             })
             .collect();
         Ok(PfInfo {
+            class: class_name(self.class_code(&address)),
             driver: link_name(&dev.join("driver")),
             netdev,
             total_vfs: self.read_u32(&dev.join("sriov_totalvfs"))?,
@@ -143,7 +156,15 @@ impl Sysfs {
             drivers_autoprobe: self.read(&dev.join("sriov_drivers_autoprobe")).map(|v| v == "1").unwrap_or(true),
             vfs,
             address,
+            nvme: None,
+            provisioning_error: None,
         })
+    }
+
+    /// A function's PCI class code (sysfs `class`, e.g. 0x010802).
+    pub fn class_code(&self, address: &str) -> Option<u32> {
+        let text = self.read(&self.device(address).join("class")).ok()?;
+        u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
     }
 
     /// The canonical sysfs path of a PCI function (what vfvmm reports as a device's path).

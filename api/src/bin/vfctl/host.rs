@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use api::host::manage::{self, VmView};
+use api::host::provision;
 use api::host::reconfigure::{self, Mode, Operations, Step};
 use api::host::registry::{self, VmRecord};
 use api::host::sriov::{PfInfo, Sysfs};
@@ -23,10 +24,12 @@ pub enum VmCommand {
 pub enum PfCommand {
     /// Every SR-IOV PF with its VF count.
     List,
-    /// One PF: driver, netdev, VF counts, autoprobe, and each VF with its holder.
+    /// One PF: class, driver, netdev, VF counts, autoprobe, an NVMe PF's secondary controllers
+    /// and flexible resources, and each VF with its holder.
     Show { pf: String },
-    /// Set PF's VF count (through 0) and bind the new VFs to vfio-pci; refused while a VM holds
-    /// one of its VFs.
+    /// Set PF's VF count (through 0), provision what the PF's class needs (an NVMe PF: its
+    /// secondary controllers' resources and online state) and bind the new VFs to vfio-pci;
+    /// refused while a VM holds one of its VFs.
     SetVfs {
         pf: String,
         count: u32,
@@ -87,19 +90,45 @@ fn view_json(v: &VmView) -> serde_json::Value {
 
 fn pf_info(ctx: &Context, pf: &str) -> PfInfo {
     let holders = manage::holders(&ok(manage::vms(&ctx.run_dir)));
-    ok(manage::pf_with_holders(&ctx.sysfs, pf, &holders))
+    let mut info = ok(manage::pf_with_holders(&ctx.sysfs, pf, &holders));
+    provision::describe(&ctx.sysfs, &mut info);
+    info
 }
 
 fn print_pf(info: &PfInfo) {
     println!(
-        "PF {}  driver {}  netdev {}  VFs {}/{}  autoprobe {}",
+        "PF {}  class {}  driver {}  netdev {}  VFs {}/{}  autoprobe {}",
         info.address,
+        info.class,
         info.driver.as_deref().unwrap_or("-"),
         info.netdev.as_deref().unwrap_or("-"),
         info.num_vfs,
         info.total_vfs,
         if info.drivers_autoprobe { "on" } else { "off" }
     );
+    if let Some(nvme) = &info.nvme {
+        let pool = |p: &api::host::nvme::FlexPool| {
+            format!(
+                "{} total, {} assigned, {} primary, {} per VF at most",
+                p.total, p.assigned, p.primary, p.max_per_secondary
+            )
+        };
+        println!("    flexible queues: {}", pool(&nvme.primary.queues));
+        println!("    flexible interrupts: {}", pool(&nvme.primary.interrupts));
+        for s in &nvme.secondaries {
+            println!(
+                "    secondary controller {}  VF {}  {}  queues {}  interrupts {}",
+                s.cntlid,
+                s.vf_number.checked_sub(1).map_or("-".into(), |i| i.to_string()),
+                if s.online { "online" } else { "offline" },
+                s.queues,
+                s.interrupts
+            );
+        }
+    }
+    if let Some(e) = &info.provisioning_error {
+        println!("    provisioning state unreadable: {e}");
+    }
     for vf in &info.vfs {
         println!(
             "    VF {}  {}  driver {}  group {}  {}",
@@ -138,11 +167,7 @@ pub fn pf(ctx: &Context, command: &PfCommand) {
             let info = pf_info(ctx, pf);
             ok(manage::check_pf_free(&info));
             let started = Instant::now();
-            ok(ctx.sysfs.set_num_vfs(&info.address, *count));
-            let vfs = ok(ctx.sysfs.vf_addresses(&info.address));
-            for vf in &vfs {
-                ok(ctx.sysfs.bind_vfio(vf, Duration::from_secs(*timeout)));
-            }
+            let vfs = ok(provision::set_vfs(&ctx.sysfs, &info.address, *count, Duration::from_secs(*timeout)));
             if ctx.json {
                 print_json(
                     &serde_json::json!({ "pf": info.address, "vfs": vfs, "ms": started.elapsed().as_millis() as u64 }),
@@ -254,13 +279,7 @@ impl Operations for RealOps<'_> {
         self.put(vm, "vm.add-device", Some(body)).map(drop)
     }
     fn set_vfs(&mut self, pf: &str, count: u32) -> Result<Vec<String>, String> {
-        let sysfs = &self.ctx.sysfs;
-        sysfs.set_num_vfs(pf, count).map_err(|e| e.to_string())?;
-        let vfs = sysfs.vf_addresses(pf).map_err(|e| e.to_string())?;
-        for vf in &vfs {
-            sysfs.bind_vfio(vf, self.bind_timeout).map_err(|e| e.to_string())?;
-        }
-        Ok(vfs)
+        provision::set_vfs(&self.ctx.sysfs, pf, count, self.bind_timeout).map_err(|e| e.to_string())
     }
     fn binding(&mut self, vm: &str, id: &str) -> Result<String, String> {
         let record = self.vms.get(vm).ok_or_else(|| format!("no VM '{vm}'"))?;

@@ -1,6 +1,6 @@
 //! AML for ACPI PCI hotplug on the root bus and the power button, driven through a Generic
 //! Event Device (hardware-reduced ACPI):
-//! - `\_SB.PCI0.SLxx` (slots 1..31) with `_ADR`, `_SUN` and `_EJ0`;
+//! - `\_SB.PCI0.SLxx` (slots 1..=30) with `_ADR`, `_SUN` and `_EJ0`; slot 31 is the RCEC's;
 //! - a register block in I/O space: slots to check (`PCIU`), slots to eject (`PCID`), and the
 //!   eject register the guest's `_EJ0` writes (`B0EJ`);
 //! - `\_SB.GED_` (`ACPI0013`) whose interrupt runs `_EVT`: bit 0 of its event register notifies
@@ -23,9 +23,14 @@ pub const GED_EVENT_PCI_HOTPLUG: u32 = 1 << 0;
 pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 1;
 /// The GED's interrupt (ISA IRQ 5, edge, active high).
 pub const GED_GSI: u32 = 5;
-/// Hotpluggable slots on bus 0 (slot 0 is the host bridge).
+/// Hotpluggable slots on bus 0 (slot 0 is the host bridge, slot 31 the RCEC).
 pub const FIRST_HOTPLUG_SLOT: u8 = 1;
-pub const LAST_HOTPLUG_SLOT: u8 = 31;
+pub const LAST_HOTPLUG_SLOT: u8 = 30;
+/// Slot 31 of bus 0 holds the emulated Root Complex Event Collector: the passthrough functions
+/// are Root Complex Integrated Endpoints on bus 0, which have no root port above them, so their
+/// AER messages go to an RCEC. It is part of the platform and never hotplugged, so the DSDT has
+/// no `SL1F` device for it (an ACPI slot there would let the guest eject it).
+pub const RCEC_SLOT: u8 = 31;
 
 /// Already-serialized AML.
 pub struct RawAml(pub Vec<u8>);
@@ -146,14 +151,22 @@ pub fn ged_aml() -> RawAml {
 mod tests {
     use super::*;
 
+    /// Slots 1..=30 are hotpluggable; slot 0 is the host bridge and slot 31 the RCEC, neither
+    /// of which the guest may eject.
     #[test]
-    fn slots_cover_the_root_bus_but_the_host_bridge() {
+    fn slots_cover_the_root_bus_but_the_host_bridge_and_the_rcec() {
         let a = pci_hotplug_aml().0;
         let has = |n: &[u8]| a.windows(n.len()).any(|w| w == n);
-        for name in [&b"PCST"[..], b"PCIU", b"PCID", b"B0EJ", b"PCEJ", b"PCNT", b"SL01", b"SL1F", b"_EJ0", b"_SUN"] {
+        for name in [&b"PCST"[..], b"PCIU", b"PCID", b"B0EJ", b"PCEJ", b"PCNT", b"SL01", b"SL1E", b"_EJ0", b"_SUN"] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));
         }
-        assert!(!has(b"SL00") && !has(b"SL20"));
+        for slot in FIRST_HOTPLUG_SLOT..=LAST_HOTPLUG_SLOT {
+            assert!(has(slot_name(slot).as_bytes()), "slot {slot}");
+        }
+        assert_eq!(RCEC_SLOT, LAST_HOTPLUG_SLOT + 1);
+        assert!(!has(b"SL00"), "the host bridge is not a hotplug slot");
+        assert!(!has(slot_name(RCEC_SLOT).as_bytes()), "the RCEC (slot 31, SL1F) is not a hotplug slot");
+        assert!(!has(b"SL20"));
         let g = ged_aml().0;
         assert!(g.windows(8).any(|w| w == b"ACPI0013"));
         assert!(g.windows(4).any(|w| w == b"GDAT") && g.windows(4).any(|w| w == b"PWRB"));

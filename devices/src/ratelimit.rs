@@ -64,6 +64,23 @@ macro_rules! warn_guest {
     }};
 }
 
+/// `log::info!` for events a guest can trigger at will, rate-limited like [`warn_guest!`] (5
+/// per second per call site; the count of suppressed lines is logged with the next one).
+#[macro_export]
+macro_rules! info_guest {
+    ($($arg:tt)+) => {{
+        static LIMITER: std::sync::Mutex<$crate::ratelimit::RateLimiter> =
+            std::sync::Mutex::new($crate::ratelimit::RateLimiter::new(5, std::time::Duration::from_secs(1)));
+        let verdict = LIMITER.lock().map(|mut l| l.check(std::time::Instant::now())).unwrap_or(None);
+        if let Some(suppressed) = verdict {
+            if suppressed > 0 {
+                log::info!("({} similar messages suppressed)", suppressed);
+            }
+            log::info!($($arg)+);
+        }
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! PCI: the root bus with its host bridge, configuration access through the legacy
 //! 0xCF8/0xCFC ports and ECAM MMIO, and the BAR address allocator.
 
+pub mod aer;
 pub mod allocator;
 pub mod bar;
 pub mod bus;
@@ -9,6 +10,7 @@ pub mod configuration;
 pub mod host_bridge;
 pub mod msi;
 pub mod msix;
+pub mod rcec;
 pub mod vfio;
 
 pub use allocator::{BarAllocator, BarRegion};

@@ -11,6 +11,16 @@ echo "bench: results and logs in $results"
 # BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section (scenarios/bench-SECTION-only.sh).
 scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
 [[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
+# BENCH_BASELINE=REV: the reconf section also runs its pause rounds with vfvmm built at git
+# revision REV (under target/, which L1 sees), labelled "baseline".
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+    src=$REPO/target/bench-baseline-src
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$REPO" archive "$BENCH_BASELINE" | tar -x -C "$src"
+    echo "bench: building the baseline vfvmm at $BENCH_BASELINE (about a minute) ..."
+    (cd "$src" && CARGO_TARGET_DIR=$REPO/target/bench-baseline cargo build --release --bin vfvmm -q)
+    echo "$REPO/target/bench-baseline/release/vfvmm" > "$results/baseline-vfvmm"
+fi
 echo "bench: every section on both VMMs takes about 10-20 minutes; progress below (elapsed, what is left)"
 t0=$EPOCHREALTIME
 bash "$REPO/tests/testbed/run-l1.sh" "$scenario" "$results" 3000 | tee "$results/run-l1.out" |

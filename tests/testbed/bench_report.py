@@ -87,6 +87,13 @@ if section in ("all", "reconf"):
         print(f"{'reconfigure':30s} ratio pause/detach = {median(p) / median(d):.2f}")
     else:
         missing = True
+    # make bench BENCH_BASELINE=REV: the same pause rounds with an earlier vfvmm.
+    for kind, label in (("RP_GUEST", "  pause: guest traffic back"), ("RECONF_PAUSE", "reconfigure by pause (ms)")):
+        b, v = runs.get((kind, "baseline")), runs.get((kind, "vfvmm"))
+        if b:
+            print(f"{label:30s} baseline runs={b} median={median(b):.0f}")
+            if v:
+                print(f"{label:30s} ratio vfvmm/baseline = {median(v) / max(median(b), 1):.2f}")
 # vfctl reconfigure of two VMs (2 -> 4 VFs): pause vs detach mode.
 if section in ("all", "multi"):
     for kind, label in (("MULTI_PAUSE", "2 VMs, reconfigure --mode pause (ms)"),

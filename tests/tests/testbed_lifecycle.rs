@@ -20,11 +20,12 @@ fn fact(run: &SuiteRun, key: &str) -> String {
     })
 }
 
-/// Milliseconds from resume to the guest's first ping reply through the VF, asserted < 10 s.
+/// Milliseconds from resume to the guest's first ping reply through the VF, asserted <= 5 s
+/// (the driver re-initialises its function through AER recovery).
 fn assert_pings_again(line: &str) {
     assert!(line.starts_with("VFWAIT ") && field(line, "ok") == "1", "no ping through the VF: {line}");
     let ms: u64 = field(line, "ms").parse().unwrap_or(u64::MAX);
-    assert!(ms < 10_000, "ping came back after {ms} ms (must be < 10 s): {line}");
+    assert!(ms <= 5_000, "ping came back after {ms} ms (must be <= 5 s): {line}");
 }
 
 #[test]
@@ -164,7 +165,7 @@ fn traffic_comes_back_after_a_plain_pause_and_after_a_release_without_recreation
     assert_pings_again(&fact(run, "reopen_vf2"));
     let (state, before) = (fact(run, "reopen_state"), fact(run, "state_before"));
     assert_eq!(field(&state, "removed"), field(&before, "removed"), "the guest logged a removal: {state}");
-    assert_eq!(fact(run, "reopen_recoveries"), "2", "both re-opened VFs are recovered through their PF");
+    assert_eq!(fact(run, "reopen_recoveries"), "2", "both re-opened VFs are recovered (AER, FLR, re-enabled)");
 }
 
 #[test]
@@ -180,4 +181,23 @@ fn the_host_destroying_two_vfs_of_a_paused_vm_releases_both_and_they_come_back()
         assert_pings_again(&fact(run, &format!("host_release{k}_vf0")));
         assert_pings_again(&fact(run, &format!("host_release{k}_vf2")));
     }
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn the_guest_drivers_recover_through_aer_and_vm_info_counts_it() {
+    let run = suite();
+    let aer = fact(run, "guest_aer");
+    assert_eq!(field(&aer, "bound"), "1", "the guest's AER service is not on the RCEC: {aer}");
+    let fatal: u32 = field(&aer, "fatal").parse().unwrap_or(0);
+    let recovered: u32 = field(&aer, "recovered").parse().unwrap_or(0);
+    // At least: the plain pause, 5 cycles, two-VMs, missing, plain, reopen (x2), host releases.
+    assert!(fatal >= 10 && recovered >= 10, "{aer}");
+    assert_eq!(field(&aer, "failed"), "0", "{aer}");
+    let info = fact(run, "recovery_info");
+    let signalled: u32 = field(&info, "signalled").parse().unwrap_or(0);
+    let resets: u32 = field(&info, "resets").parse().unwrap_or(0);
+    assert!(signalled >= 10 && resets >= 10, "{info}");
+    assert_eq!(field(&info, "delivered"), "True", "{info}");
+    assert_ne!(field(&info, "reenabled_ms"), "None", "the last recovery did not end: {info}");
 }

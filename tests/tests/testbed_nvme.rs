@@ -124,14 +124,14 @@ fn release_recreate_resume_loses_no_write_and_surfaces_no_error() {
     assert!(plan.contains("VM paused, VF released, re-acquired at VF 0"), "{plan}");
     let pf = fact("lifecycle_pf");
     assert!(pf.contains("held=n/nvme0,None") && pf.contains(" 1:1:on:4:2"), "after re-creation: {pf}");
-    // The guest's I/O comes back by the nvme driver's own timeouts (30 s I/O timeout, abort,
-    // a second timeout, controller reset): ~63 s measured. Device-agnostic recovery is the
-    // next issue's; here the bound is that it comes back at all, before the scenario's 180 s.
+    // The guest's nvme driver is told through AER (error_detected, FLR, slot_reset, resume) and
+    // resets its controller at once: I/O is back within 5 s of resume (it took ~61 s by the
+    // driver's own I/O timeouts before vfvmm signalled the error).
     let outage = fact("lifecycle_outage");
     assert_ne!(field(&outage, "after_resume_ms"), "-", "no write completed after resume: {outage}");
     let after = number(&outage, "after_resume_ms");
     eprintln!("nvme: guest I/O back {after} ms after resume ({outage})");
-    assert!(after < 180_000, "{outage}");
+    assert!(after <= 5_000, "the guest's I/O came back {after} ms after resume (must be <= 5 s): {outage}");
     let writes_after: u64 = fact("lifecycle_writes_after").parse().unwrap_or(0);
     assert!(writes_after > 0, "no write in the 5 s after the first one: {writes_after}");
     let writer = fact("lifecycle_writer");
@@ -142,6 +142,7 @@ fn release_recreate_resume_loses_no_write_and_surfaces_no_error() {
     assert_eq!(namespace("lifecycle_guest"), namespace("boot_nvme"));
     let klog = assert_no_io_error("lifecycle_dmesg");
     assert_eq!(number(&klog, "removed"), 0, "the guest saw a removal: {klog}");
+    assert_eq!(number(&klog, "timeouts"), 0, "the driver waited for a timeout instead of recovering: {klog}");
 }
 
 #[test]

@@ -83,9 +83,11 @@ impl Vm {
         let fd = Arc::new(fd);
         let platform = Arc::new(
             KvmPlatform::new(fd.clone(), memory.num_regions() as u32, devices.bar_router.clone())
-                .map_err(VmmError::EventLoop)?,
+                .map_err(VmmError::EventLoop)?
+                .with_wake(devices.hotplug_resync.try_clone().map_err(VmmError::EventLoop)?),
         );
         let dma_done = platform.dma_done_fd().map_err(VmmError::EventLoop)?;
+        let rcec = add_rcec(&devices.pci_bus, platform.clone())?;
         let host = KvmDeviceHost::new(
             fd.clone(),
             memory.clone(),
@@ -93,6 +95,7 @@ impl Vm {
             bar_allocator,
             platform,
             devices.hotplug.clone(),
+            rcec,
         );
         let hotplug = Arc::new(Mutex::new(Hotplug::new(
             Box::new(host),
@@ -296,4 +299,22 @@ impl Drop for RawTerminal {
             log::warn!("cannot restore the terminal: {e}");
         }
     }
+}
+
+/// The Root Complex Event Collector in its reserved slot: every hotplug slot's function (an
+/// RCiEP to the guest) reports its errors through it (see `pci::vfio::recovery`).
+fn add_rcec(
+    bus: &Arc<std::sync::RwLock<pci::PciBus>>,
+    platform: Arc<KvmPlatform>,
+) -> Result<Arc<Mutex<pci::rcec::Rcec>>, VmmError> {
+    use arch::acpi_hotplug::{FIRST_HOTPLUG_SLOT, LAST_HOTPLUG_SLOT, RCEC_SLOT};
+    let slots = (FIRST_HOTPLUG_SLOT..=LAST_HOTPLUG_SLOT).fold(0u32, |bits, s| bits | (1 << s));
+    let rcec =
+        pci::rcec::Rcec::new(platform, slots).map_err(|e| VmmError::Kvm(format!("cannot create the RCEC: {e}")))?;
+    let rcec = Arc::new(Mutex::new(rcec));
+    bus.write()
+        .map_err(|_| VmmError::Kvm("PCI bus lock poisoned".into()))?
+        .add_device_at(RCEC_SLOT, rcec.clone())
+        .map_err(|e| VmmError::Kvm(format!("cannot plug the RCEC: {e}")))?;
+    Ok(rcec)
 }

@@ -102,7 +102,7 @@ fn serial_pci_config_and_power_off() {
     asm.print(b"vfvmm host tier\n")
         .dump_config_dword(0x8000_0000) // 00:00.0 vendor/device
         .dump_config_dword(0x8000_0008) // 00:00.0 class/revision
-        .dump_config_dword(0x8000_f800) // 00:1f.0: empty slot
+        .dump_config_dword(0x8000_f000) // 00:1e.0: empty slot (31 is the RCEC's)
         .dump_config_address(0x8000_0010)
         .print(b"\nbye\n")
         .mov_dx(0x600)
@@ -114,7 +114,7 @@ fn serial_pci_config_and_power_off() {
     let mut want = b"vfvmm host tier\n".to_vec();
     want.extend_from_slice(&0x0008_1b36u32.to_le_bytes()); // host bridge 1b36:0008
     want.extend_from_slice(&0x0600_0000u32.to_le_bytes()); // class 06 (bridge) 00 (host)
-    want.extend_from_slice(&0xffff_ffffu32.to_le_bytes()); // nothing in slot 31
+    want.extend_from_slice(&0xffff_ffffu32.to_le_bytes()); // nothing in slot 30
     want.extend_from_slice(&0x8000_0010u32.to_le_bytes()); // the address port reads back
     want.extend_from_slice(b"\nbye\n");
     assert_eq!(out, want, "serial output: {:?}", String::from_utf8_lossy(&out));

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{HostMapping, RegionInfo, VfioBackend, VfioBackendError, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX};
+use super::{
+    HostMapping, RegionInfo, VfioBackend, VfioBackendError, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_REQ_IRQ_INDEX,
+};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -156,5 +159,12 @@ impl VfioBackend for RealVfio {
             return Err(VfioBackendError::Vfio("the device has no request interrupt".into()));
         }
         self.dev().enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd]).map_err(|e| VfioBackendError::Vfio(e.to_string()))
+    }
+
+    fn enable_error_irq(&self, fd: &EventFd) -> Result<(), VfioBackendError> {
+        if self.irq_count(VFIO_PCI_ERR_IRQ_INDEX) == 0 {
+            return Err(VfioBackendError::Vfio("the device has no error interrupt".into()));
+        }
+        self.dev().enable_irq(VFIO_PCI_ERR_IRQ_INDEX, vec![fd]).map_err(|e| VfioBackendError::Vfio(e.to_string()))
     }
 }

@@ -96,6 +96,10 @@ impl VfioBackend for HostBinding {
     fn enable_request_irq(&self, fd: &EventFd) -> Result<(), VfioBackendError> {
         self.current().ok_or_else(Self::released)?.enable_request_irq(fd)
     }
+
+    fn enable_error_irq(&self, fd: &EventFd) -> Result<(), VfioBackendError> {
+        self.current().ok_or_else(Self::released)?.enable_error_irq(fd)
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::binding::HostBinding;
 use super::caps::{find_capability, CAP_ID_MSI, CAP_ID_MSIX};
 use super::msix_routing::{InterruptRouting, MsiRouting, MsixRouting, MsixRoutingError};
+use super::recovery::ErrorRecovery;
 use super::{BarHandler, HostMapping, VfioBackend, VmPlatform, VFIO_PCI_BAR0_REGION_INDEX};
 use crate::bar::{BarInfo, BarKind, BarShadow, NUM_BARS, ROM_REG};
 use crate::bus::PciDevice;
@@ -184,6 +185,8 @@ pub struct VfioPciDevice {
     pub(super) life: super::lifecycle::Lifecycle,
     /// When the guest first enabled each part of the device (for attach timings).
     pub(super) milestones: GuestMilestones,
+    /// Error reporting to the guest and the resets it asks for (see `recovery.rs`).
+    pub(super) errors: ErrorRecovery,
 }
 
 /// The first time the guest's driver enabled each part of the device.
@@ -226,6 +229,16 @@ impl VfioPciDevice {
         let read = |reg: usize| backend.config_read_u32(reg);
         let msix_cap = find_capability(read, CAP_ID_MSIX);
         let msi_cap = find_capability(read, CAP_ID_MSI);
+        let errors = ErrorRecovery::new(read);
+        let hidden = errors.hidden_extended(read);
+        if !hidden.is_empty() {
+            log::info!(
+                "extended capabilities {hidden:04x?} hidden from the guest: AER takes 0x100 (the device has none)"
+            );
+        }
+        if !errors.supported() {
+            log::info!("a conventional PCI function (no PCI Express capability): no error recovery for its driver");
+        }
         if msix_cap.is_none() && msi_cap.is_none() {
             return Err(VfioPciError::NoMsi);
         }
@@ -310,6 +323,7 @@ impl VfioPciDevice {
             decode: false,
             life: Default::default(),
             milestones: GuestMilestones::default(),
+            errors,
         })
     }
 
@@ -455,11 +469,21 @@ impl VfioPciDevice {
 
 impl PciDevice for VfioPciDevice {
     fn config_read(&mut self, reg: usize) -> u32 {
+        if self.errors.resetting() {
+            // A function being reset does not answer yet (the guest's reset wait polls).
+            return 0xffff_ffff;
+        }
         if BarShadow::is_bar_register(reg) {
             return self.bars.read(reg);
         }
         if reg == ROM_REG {
             return 0;
+        }
+        if self.errors.virtualizes(reg) {
+            let device = self.device_config_read(reg);
+            if let Some(value) = self.errors.config_read(reg, || device) {
+                return value;
+            }
         }
         let mut value = self.device_config_read(reg);
         if reg == REG_COMMAND_STATUS && self.life.deferred_bus_master {
@@ -478,6 +502,9 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) {
+        if self.errors.resetting() {
+            return; // dropped, as by a function that is not ready
+        }
         if BarShadow::is_bar_register(reg) {
             // BARs are programmed with whole dwords; narrower writes are ignored.
             if let (0, &[a, b, c, d]) = (offset, data) {
@@ -514,9 +541,25 @@ impl PciDevice for VfioPciDevice {
             }
             return;
         }
+        if self.errors.virtualizes(reg) {
+            let (device, mut flr) = (self.device_config_read(reg), false);
+            if let Some(to_device) = self.errors.config_write(reg, offset, data, device, &mut flr) {
+                if let Some(devctl) = to_device {
+                    self.device_config_write(reg, 0, &devctl);
+                }
+                if flr {
+                    self.errors.request_reset();
+                    self.platform.wake_vmm();
+                }
+                return;
+            }
+        }
         let mut data = data.to_vec();
         if reg == REG_COMMAND_STATUS && offset == 0 {
             if let Some(first) = data.first_mut() {
+                if *first & COMMAND_BUS_MASTER as u8 != 0 {
+                    self.note_bus_master();
+                }
                 self.filter_bus_master(first);
                 if *first & COMMAND_BUS_MASTER as u8 != 0 {
                     GuestMilestones::reach(&mut self.milestones.bus_master);

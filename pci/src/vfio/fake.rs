@@ -43,7 +43,12 @@ impl FakeVfio {
         put(0x70, 0x0002_a011); // MSI-X, next 0xa0, 3 vectors
         put(0x74, 0x0000_0003); // table: BAR3 + 0
         put(0x78, 0x0000_2003); // PBA: BAR3 + 0x2000
-        put(0xa0, 0x0002_0010); // PCIe, end of list
+        put(0xa0, 0x0002_0010); // PCIe v2 endpoint, end of list
+        put(0xa4, 0x1000_8020); // Device Capabilities: FLR, role-based error reporting
+        put(0xa8, 0x0011_0000); // Device Control; Device Status: correctable error, aux power
+        put(0x100, 0x1501_0001); // AER v1, next: ARI at 0x150 (as the testbed's igb VF)
+        put(0x10c, 0x0046_2030); // AER severity as the device reports it
+        put(0x150, 0x0001_000e); // ARI, end of list
         let bar = |sparse| RegionInfo {
             size: 0x4000,
             readable: true,
@@ -181,6 +186,8 @@ pub struct FakePlatform {
     pub bars: BarMap,
     /// What [`VmPlatform::dma_state`] answers (default: ready).
     pub dma: Mutex<Option<super::DmaState>>,
+    /// Times a device woke the VMM thread.
+    pub wakes: Mutex<u32>,
 }
 
 impl FakePlatform {
@@ -252,5 +259,9 @@ impl VmPlatform for FakePlatform {
 
     fn dma_state(&self) -> super::DmaState {
         self.dma.lock().unwrap().clone().unwrap_or(super::DmaState::Ready)
+    }
+
+    fn wake_vmm(&self) {
+        *self.wakes.lock().unwrap() += 1;
     }
 }

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use super::device::{discover_bars, mmap_spans, VfioPciDevice};
-use super::recovery::Recovery;
+use super::recovery::RecoveryCause;
 use super::{DmaState, VfioBackend, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
 use crate::configuration::{merge_bytes, COMMAND_BUS_MASTER, NUM_CONFIG_REGISTERS, REG_COMMAND_STATUS, REG_ID};
 
@@ -48,10 +48,6 @@ pub struct Lifecycle {
     pub(super) deferred_bus_master: bool,
     /// The function was re-opened (re-acquired) during this pause: it has been reset already.
     reopened: bool,
-    /// Bringing the guest driver back after lost work (see `recovery.rs`).
-    pub(super) recovery: Option<Recovery>,
-    /// The device's progress registers when it was quiesced with bus mastering on.
-    progress_at_pause: Option<Vec<u32>>,
 }
 
 impl VfioPciDevice {
@@ -147,14 +143,12 @@ impl VfioPciDevice {
             self.life.saved_command = command;
             if command & COMMAND_BUS_MASTER != 0 {
                 self.write_command(command & !COMMAND_BUS_MASTER);
-                self.life.progress_at_pause = self.recovery_kind().map(|k| k.progress(self.backend.as_ref()));
             }
         }
         self.for_each_routing(|r| r.quiesce());
         for i in 0..self.mappings.len() {
             self.unmap_bar(i);
         }
-        self.life.recovery = None;
         self.life.quiesced = true;
     }
 
@@ -256,25 +250,16 @@ impl VfioPciDevice {
         if !self.life.quiesced {
             return;
         }
-        // A function that consumed work while its DMA was off, or that was re-opened (reset),
-        // lost work its driver does not know about (see `recovery.rs`). One with a recovery
-        // recipe is reset (unless re-opened, which reset it) before the guest touches it again,
-        // and its driver is brought back from a timer.
-        let before = self.life.progress_at_pause.take();
-        if let (Some(kind), false) = (self.recovery_kind(), self.is_released()) {
-            let lost_work = if self.life.reopened {
-                self.life.saved_command & COMMAND_BUS_MASTER != 0
-            } else {
-                before.is_some_and(|b| b != kind.progress(self.backend.as_ref()))
-            };
-            if lost_work {
-                if !self.life.reopened {
-                    log::info!("the device consumed work while paused; resetting it for its driver to recover");
-                    self.backend.reset();
-                }
-                self.life.recovery = Some(Recovery::start(std::time::Instant::now()));
-            }
-        }
+        // Whether the guest's driver must re-initialise its function (see `recovery.rs`): it
+        // was using the function (bus mastering on) and the function was re-opened or
+        // re-created, or its DMA was cut while it may have been working.
+        let cause = if self.is_released() || self.life.saved_command & COMMAND_BUS_MASTER == 0 {
+            None
+        } else if self.life.reopened {
+            Some(RecoveryCause::Reacquired)
+        } else {
+            Some(RecoveryCause::PausedDuringDma)
+        };
         self.life.reopened = false;
         if self.decode {
             for i in 0..self.mappings.len() {
@@ -296,6 +281,9 @@ impl VfioPciDevice {
         // A released device has nothing behind it: its vectors are only wired back.
         let kick = !self.is_released();
         self.for_each_routing(|r| r.unquiesce(kick));
+        if let Some(cause) = cause {
+            self.signal_error(cause);
+        }
     }
 }
 

@@ -29,8 +29,8 @@ pub use lifecycle::LifecycleError;
 
 /// VFIO PCI region and IRQ indices (linux/vfio.h).
 pub use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
-    VFIO_PCI_ROM_REGION_INDEX,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_REQ_IRQ_INDEX, VFIO_PCI_ROM_REGION_INDEX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,11 @@ pub trait VfioBackend: Send + Sync {
     fn enable_request_irq(&self, _fd: &EventFd) -> Result<(), VfioBackendError> {
         Ok(())
     }
+    /// Signals `fd` when the host detects an error on the device (VFIO's error interrupt,
+    /// raised by the host's AER handling of the device).
+    fn enable_error_irq(&self, _fd: &EventFd) -> Result<(), VfioBackendError> {
+        Err(VfioBackendError::Vfio("no error interrupt".into()))
+    }
 
     fn config_read_u32(&self, reg: usize) -> u32 {
         let mut b = [0u8; 4];
@@ -157,6 +162,9 @@ pub trait VmPlatform: Send + Sync {
     fn dma_state(&self) -> DmaState {
         DmaState::Ready
     }
+    /// A device has work for the VMM thread (an error to report, a reset the guest asked for;
+    /// see `recovery.rs`): wake it. Never blocks.
+    fn wake_vmm(&self) {}
 }
 
 /// Guest RAM in the IOMMU, as far as devices are concerned.

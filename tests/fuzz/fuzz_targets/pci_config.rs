@@ -1,6 +1,7 @@
-//! Guest config-space accesses through 0xCF8/0xCFC and ECAM, on a bus with the host bridge and
-//! a VFIO function (igbvf-like, over the fake backend): any sequence of reads and writes of any
-//! width at any offset. Nothing may panic.
+//! Guest config-space accesses through 0xCF8/0xCFC and ECAM, on a bus with the host bridge, a
+//! VFIO function (igbvf-like, over the fake backend; with its emulated PCIe/AER registers and
+//! Function Level Reset) and the Root Complex Event Collector in slot 31: any sequence of reads
+//! and writes of any width at any offset. Nothing may panic.
 #![no_main]
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,12 +18,17 @@ fuzz_target!(|data: &[u8]| {
     let backend = Arc::new(FakeVfio::igb_vf());
     let platform = Arc::new(FakePlatform::new());
     let bars = discover_bars(backend.as_ref());
-    let Ok(device) = VfioPciDevice::new(backend, platform, &bars, &[(0, 0xc000_0000), (3, 0xc000_4000)]) else {
+    let Ok(device) = VfioPciDevice::new(backend, platform.clone(), &bars, &[(0, 0xc000_0000), (3, 0xc000_4000)])
+    else {
+        return;
+    };
+    let Ok(rcec) = pci::rcec::Rcec::new(platform, 0x7fff_fffe) else {
         return;
     };
     let mut bus = PciBus::new();
     let _ = bus.add_device_at(0, Arc::new(Mutex::new(PciHostBridge::default())));
     let _ = bus.add_device_at(1, Arc::new(Mutex::new(device)));
+    let _ = bus.add_device_at(31, Arc::new(Mutex::new(rcec)));
     let bus = Arc::new(RwLock::new(bus));
     let mut io = PciConfigIo::new(bus.clone());
     let mut ecam = PciConfigMmio::new(bus);

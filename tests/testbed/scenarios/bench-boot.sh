@@ -29,6 +29,8 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 ROUNDS=${BENCH_ROUNDS:-3}
+# Reconfiguring by pause is compared with the driver recovery it replaced: medians of 5.
+RECONF_ROUNDS=${BENCH_RECONF_ROUNDS:-5}
 # Boots are short and noisy in the testbed: more rounds for them.
 BOOT_ROUNDS=${BENCH_BOOT_ROUNDS:-5}
 TESTBED_ECHO=0
@@ -154,7 +156,28 @@ recreate_vfs() {  # the PF's VF count through 0 and back to 2, VFs bound to vfio
 #                  re-acquire, RP_GUEST resume -> first reply, the guest driver's recovery)
 #   RECONF_DETACH  remove-device -> VF free -> numvfs 2 -> 0 -> 2 -> add-device -> the guest's
 #                  igbvf bound, its netdev up -> first ping reply
+# pause_round NAME LABEL ROUND: one pause + release -> re-create -> resume -> first reply round
+# of VM NAME (socket $SOCKR), its figures printed under LABEL.
+pause_round() {
+    local name=$1 label=$2 round=$3 t0 t1 t2 t3 t4 res
+    t0=$(ms_now)
+    "$VFCTL" --api-socket "$SOCKR" pause --release > /dev/null
+    t1=$(ms_now)
+    recreate_vfs
+    t2=$(ms_now)
+    "$VFCTL" --api-socket "$SOCKR" resume
+    t3=$(ms_now)
+    res=$(guest_cmd "$name" 120 "/init vf-wait-ping $gbdf 60")
+    t4=$(ms_now)
+    if [[ $res == *ok=1* ]]; then
+        echo "RECONF_PAUSE $label $round $((t4 - t0))" | tee -a "$out"
+        printf 'RP_PAUSE %s %s %s\nRP_NUMVFS %s %s %s\nRP_RESUME %s %s %s\nRP_GUEST %s %s %s\n' \
+            "$label" "$round" $((t1 - t0)) "$label" "$round" $((t2 - t1)) "$label" "$round" $((t3 - t2)) \
+            "$label" "$round" $((t4 - t3)) | tee -a "$out"
+    fi
+}
 if section reconf; then
+    ROUNDS=$RECONF_ROUNDS
     bench_section reconf "$ROUNDS"
     SOCKR=/tmp/bench-reconf.sock
     # shellcheck disable=SC2046
@@ -163,20 +186,7 @@ if section reconf; then
     wait_for_marker rc-vfvmm "L2-ACTION shell" 600
     gbdf=0000:00:01.0 ip=10
     for ((round = 1; round <= ROUNDS; round++)); do
-        t0=$(ms_now)
-        "$VFCTL" --api-socket "$SOCKR" pause --release > /dev/null
-        t1=$(ms_now)
-        recreate_vfs
-        t2=$(ms_now)
-        "$VFCTL" --api-socket "$SOCKR" resume
-        t3=$(ms_now)
-        res=$(guest_cmd rc-vfvmm 120 "/init vf-wait-ping $gbdf 60")
-        t4=$(ms_now)
-        if [[ $res == *ok=1* ]]; then
-            echo "RECONF_PAUSE vfvmm $round $((t4 - t0))" | tee -a "$out"
-            printf 'RP_PAUSE vfvmm %s %s\nRP_NUMVFS vfvmm %s %s\nRP_RESUME vfvmm %s %s\nRP_GUEST vfvmm %s %s\n' \
-                "$round" $((t1 - t0)) "$round" $((t2 - t1)) "$round" $((t3 - t2)) "$round" $((t4 - t3)) | tee -a "$out"
-        fi
+        pause_round rc-vfvmm vfvmm "$round"
         t0=$(ms_now)
         id=$(printf 'vf%02d' "$round")
         "$VFCTL" --api-socket "$SOCKR" remove-device "$([[ $round == 1 ]] && echo vf0 || echo "vf$(printf '%02d' $((round - 1)))")" > /dev/null
@@ -192,6 +202,19 @@ if section reconf; then
     done
     "$VFCTL" --api-socket "$SOCKR" shutdown-vmm > /dev/null 2>&1
     vmm_wait rc-vfvmm
+    # The same pause rounds with an earlier vfvmm (make bench BENCH_BASELINE=REV), labelled
+    # "baseline": e.g. the igbvf-only driver recovery that AER recovery replaced.
+    baseline=$(cat "$RESULTS/baseline-vfvmm" 2>/dev/null || true)
+    if [[ -x $baseline ]]; then
+        # shellcheck disable=SC2046
+        vmm_start rc-base 1800 -- $(VFVMM=$baseline vfvmm_cmd) --device "path=/sys/bus/pci/devices/$VF0,id=vf0" \
+            --api-socket "path=$SOCKR" --cmdline "$APPEND l2.vf=1 l2.ip=192.0.2.10 l2.action=shell"
+        wait_for_marker rc-base "L2-ACTION shell" 600
+        gbdf=0000:00:01.0
+        for ((round = 1; round <= ROUNDS; round++)); do pause_round rc-base baseline "$round"; done
+        "$VFCTL" --api-socket "$SOCKR" shutdown-vmm > /dev/null 2>&1
+        vmm_wait rc-base
+    fi
 fi
 # Reconfigure two VMs holding VF0 and VF1 with vfctl (2 -> 0 -> 4 VFs), pause vs detach mode:
 #   MULTI_PAUSE / MULTI_DETACH   vfctl reconfigure's total time

@@ -153,7 +153,8 @@ sleep 3
 "$VFCTL" --api-socket $SOCK resume
 fact "plain_vf0 $(guest_cmd lc-a 60 "/init vf-wait-ping $GBDF 30")"
 fact "plain_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
-recovered() { grep -ac 'the PF refused the VF' "$RESULTS/lc-a.err"; }
+# Recoveries vfvmm saw end: the guest's driver re-enabled its function after the AER reset.
+recovered() { grep -ac "recovered: the guest's driver re-enabled the function" "$RESULTS/lc-a.err"; }
 r0=$(recovered)
 "$VFCTL" --api-socket $SOCK pause --release > /dev/null
 fact "reopen_info $(info_binding $SOCK)"
@@ -178,6 +179,11 @@ for k in 1 2 3; do
     fact "host_release${k}_vf2 $(guest_cmd lc-a 60 "/init vf-wait-ping $HBDF 30")"
 done
 
+# What the guest saw of all that: its AER service on the RCEC, the errors vfvmm reported and
+# the recoveries its drivers completed; and vfvmm's account of vf0's recoveries (vm.info).
+fact "guest_aer $(guest_cmd lc-a 30 "echo L2-AER bound=\$(dmesg | grep -c '0000:00:1f.0: AER: enabled') fatal=\$(dmesg | grep -c 'Uncorrectable (Fatal) error') recovered=\$(dmesg | grep -c 'device recovery successful') failed=\$(dmesg | grep -c 'device recovery failed')")"
+guest_cmd lc-a 30 "dmesg | grep -iE 'aer|igbvf' | tail -n 40 | sed 's/^/L2-KLOG /'" >&2
+fact "recovery_info $("$VFCTL" --api-socket $SOCK --json info | python3 -c 'import json,sys; d=next(x for x in json.load(sys.stdin)["devices"] if x["id"] == "vf0"); r=d["recovery"]; l=r["last"]; print("signalled=%d resets=%d cause=%s delivered=%s reenabled_ms=%s" % (r["signalled"], r["resets"], l["cause"].replace(" ", "_"), l["delivered"], l["reenabled_after_ms"]))')"
 "$VFCTL" --api-socket $SOCK shutdown-vmm
 vmm_wait lc-a
 fact "done"

@@ -8,10 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::serial::SerialDevice;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use std::time::{Duration, Instant};
-
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 use crate::vcpus::vcpu::{ExitSignal, GuestExit};
 
@@ -204,18 +201,21 @@ impl MutEventSubscriber for TerminationSignals {
 /// Hotplug events for the VMM thread: the guest ejected a slot (tear the device down), the
 /// host asked for a device back (ask the guest to eject it, or release it while paused),
 /// guest RAM finished DMA-mapping (deferred bus mastering), changes to the set of
-/// host-request eventfds to watch, and the timer of driver recoveries after a resume.
+/// host-request eventfds to watch; `resync` also wakes it when a device has error-recovery
+/// work (an error to report, a reset the guest asked for), done after every event.
 pub struct HotplugWatcher {
     eject: EventFd,
     resync: EventFd,
     dma_done: EventFd,
-    recovery_timer: TimerFd,
     requests: std::collections::BTreeMap<u8, EventFd>,
+    errors: std::collections::BTreeMap<u8, EventFd>,
     hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
 }
 
 /// Event data of host-request eventfds: this plus the slot.
 const REQUEST_DATA_BASE: u32 = 0x100;
+/// Event data of host-error eventfds: this plus the slot.
+const ERROR_DATA_BASE: u32 = 0x200;
 
 impl HotplugWatcher {
     pub fn new(
@@ -224,23 +224,7 @@ impl HotplugWatcher {
         dma_done: EventFd,
         hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
     ) -> std::io::Result<Self> {
-        let recovery_timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        Ok(Self { eject, resync, dma_done, recovery_timer, requests: Default::default(), hotplug })
-    }
-
-    /// Advances device recoveries that are due and arms the timer for the next one.
-    fn poll_recovery(&mut self) {
-        let next = self.hotplug.lock().ok().and_then(|mut h| h.poll_recovery());
-        let result = match next {
-            // A zero duration would disarm the timer.
-            Some(due) => self
-                .recovery_timer
-                .reset(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)), None),
-            None => self.recovery_timer.clear(),
-        };
-        if let Err(e) = result {
-            log::warn!("cannot arm the device recovery timer: {e}");
-        }
+        Ok(Self { eject, resync, dma_done, requests: Default::default(), errors: Default::default(), hotplug })
     }
 
     fn sync(&mut self, ops: &mut EventOps) {
@@ -256,9 +240,21 @@ impl HotplugWatcher {
                         Err(e) => log::warn!("slot {slot}: cannot watch host requests: {e:?}"),
                     }
                 }
+                crate::passthrough::hotplug::RequestWatch::AddError { slot, fd } => {
+                    let ev = Events::with_data(&fd, ERROR_DATA_BASE + u32::from(slot), EventSet::IN);
+                    match ops.add(ev) {
+                        Ok(()) => {
+                            self.errors.insert(slot, fd);
+                        }
+                        Err(e) => log::warn!("slot {slot}: cannot watch host errors: {e:?}"),
+                    }
+                }
                 crate::passthrough::hotplug::RequestWatch::Remove { slot } => {
                     if let Some(fd) = self.requests.remove(&slot) {
                         let _ = ops.remove(Events::with_data(&fd, REQUEST_DATA_BASE + u32::from(slot), EventSet::IN));
+                    }
+                    if let Some(fd) = self.errors.remove(&slot) {
+                        let _ = ops.remove(Events::with_data(&fd, ERROR_DATA_BASE + u32::from(slot), EventSet::IN));
                     }
                 }
             }
@@ -273,9 +269,6 @@ impl MutEventSubscriber for HotplugWatcher {
                 log::error!("cannot watch hotplug events: {e:?}");
             }
         }
-        if let Err(e) = ops.add(Events::new(&self.recovery_timer, EventSet::IN)) {
-            log::error!("cannot watch the device recovery timer: {e:?}");
-        }
         self.sync(ops);
     }
 
@@ -288,12 +281,17 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         } else if fd == self.resync.as_raw_fd() {
             let _ = self.resync.read();
-        } else if fd == self.recovery_timer.as_raw_fd() {
-            let _ = self.recovery_timer.wait();
         } else if fd == self.dma_done.as_raw_fd() {
             let _ = self.dma_done.read();
             if let Ok(mut h) = self.hotplug.lock() {
                 h.on_dma_mapped();
+            }
+        } else if let Some(slot) = events.data().checked_sub(ERROR_DATA_BASE).and_then(|s| u8::try_from(s).ok()) {
+            if let Some(fd) = self.errors.get(&slot) {
+                let _ = fd.read();
+            }
+            if let Ok(mut h) = self.hotplug.lock() {
+                h.on_host_error(slot);
             }
         } else if let Some(slot) = events.data().checked_sub(REQUEST_DATA_BASE).and_then(|s| u8::try_from(s).ok()) {
             if let Some(req) = self.requests.get(&slot) {
@@ -304,6 +302,8 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         }
         self.sync(ops);
-        self.poll_recovery();
+        if let Ok(mut h) = self.hotplug.lock() {
+            h.service_recoveries();
+        }
     }
 }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use devices::hotplug::HotplugRegisters;
 use devices::timing::{names, Milestone};
 use kvm_ioctls::VmFd;
+use pci::aer::Severity;
+use pci::rcec::{Rcec, Reported};
+use pci::vfio::recovery::RecoveryStats;
 use pci::vfio::{DmaState, VfioPciDevice};
 use pci::{BarAllocator, PciBus};
 use vmm_sys_util::eventfd::EventFd;
@@ -18,6 +21,20 @@ use crate::passthrough::vfio::{validate_device, HostDevice, HostRoots, Reacquire
 use crate::platform::config::DeviceConfig;
 use crate::platform::kvm_platform::KvmPlatform;
 use crate::platform::memory::GuestMemory;
+
+/// What [`DeviceHost::service_recovery`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryService {
+    /// An error went to the RCEC: its severity, and whether the guest's AER interrupt was
+    /// raised (it enabled reporting) or why not.
+    pub reported: Option<(Severity, Reported)>,
+    /// Why the error was signalled (with `reported`).
+    pub cause: Option<&'static str>,
+    /// The guest's Function Level Reset was done through VFIO, in this many ms.
+    pub reset_ms: Option<u64>,
+    /// The guest re-enabled the function: ms from the signal.
+    pub reenabled_ms: Option<u64>,
+}
 
 /// The host/VM operations on passed-through devices, by guest slot.
 pub trait DeviceHost: Send {
@@ -53,8 +70,21 @@ pub trait DeviceHost: Send {
     fn dma_state(&self) -> DmaState;
     /// Waits up to `timeout` for the DMA mapping under way to finish.
     fn wait_dma(&self, timeout: Duration) -> Result<(), String>;
-    /// Advances the device's driver recovery; when to call again.
-    fn recovery_tick(&mut self, slot: u8, now: Instant) -> Option<Instant>;
+    /// Carries out what the device in `slot` has for the VMM thread (see
+    /// `pci::vfio::recovery`): an error to send to the guest's RCEC, a Function Level Reset
+    /// the guest asked for (done through VFIO, outside the device's lock).
+    fn service_recovery(&mut self, slot: u8) -> RecoveryService;
+    /// Has the host signal `fd` when it detects an error on the device in `slot` (VFIO's
+    /// error interrupt); re-armed after each re-acquire.
+    fn arm_host_errors(&mut self, _slot: u8, _fd: &EventFd) -> Result<(), String> {
+        Ok(())
+    }
+    /// The host detected an error on the device in `slot`: the guest is told (AER).
+    fn signal_host_error(&mut self, _slot: u8) {}
+    /// The device's error recoveries so far, for `vm.info`.
+    fn recovery_stats(&self, _slot: u8) -> Option<RecoveryStats> {
+        None
+    }
     /// VM exit: every device quiesced, reset and released.
     fn shutdown(&mut self);
     /// KVM resources in use for passthrough: `(MSI GSIs, memory slots for BARs)`.
@@ -71,6 +101,8 @@ pub struct KvmDeviceHost {
     allocator: Arc<Mutex<BarAllocator>>,
     platform: Arc<KvmPlatform>,
     registers: Arc<Mutex<HotplugRegisters>>,
+    /// The Root Complex Event Collector the devices' errors go through.
+    rcec: Arc<Mutex<Rcec>>,
     /// Created with the first device.
     vfio: Option<VfioManager>,
 }
@@ -83,8 +115,9 @@ impl KvmDeviceHost {
         allocator: Arc<Mutex<BarAllocator>>,
         platform: Arc<KvmPlatform>,
         registers: Arc<Mutex<HotplugRegisters>>,
+        rcec: Arc<Mutex<Rcec>>,
     ) -> Self {
-        Self { vm, memory, bus, allocator, platform, registers, vfio: None }
+        Self { vm, memory, bus, allocator, platform, registers, rcec, vfio: None }
     }
 
     fn manager(&mut self) -> Result<&mut VfioManager, VfioError> {
@@ -190,8 +223,40 @@ impl DeviceHost for KvmDeviceHost {
         self.platform.dma().wait(timeout)
     }
 
-    fn recovery_tick(&mut self, slot: u8, now: Instant) -> Option<Instant> {
-        self.with_device(slot, |d| d.recovery_tick(now)).flatten()
+    fn service_recovery(&mut self, slot: u8) -> RecoveryService {
+        let mut out = RecoveryService::default();
+        let report = self.with_device(slot, |d| (d.take_error_report(), d.recovery_stats().last.map(|l| l.cause)));
+        if let Some((Some(severity), cause)) = report {
+            out.cause = cause.map(|c| c.as_str());
+            // The function's requester id: bus 0, device `slot`, function 0.
+            let source = u16::from(slot) << 3;
+            let raised = match self.rcec.lock() {
+                Ok(mut rcec) => rcec.report_uncorrectable(source, severity),
+                Err(_) => Reported::SignalFailed("the RCEC's lock is poisoned".into()),
+            };
+            out.reported = Some((severity, raised));
+        }
+        if let Some(backend) = self.with_device(slot, |d| d.take_reset()).flatten() {
+            // Outside the device's lock: the guest's reset wait reads all ones meanwhile.
+            let started = Instant::now();
+            backend.reset();
+            self.with_device(slot, |d| d.finish_reset());
+            out.reset_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        out.reenabled_ms = self.with_device(slot, |d| d.take_reenabled()).flatten();
+        out
+    }
+
+    fn arm_host_errors(&mut self, slot: u8, fd: &EventFd) -> Result<(), String> {
+        self.with_device(slot, |d| d.arm_host_errors(fd)).unwrap_or_else(|| Err(format!("no device in slot {slot}")))
+    }
+
+    fn signal_host_error(&mut self, slot: u8) {
+        self.with_device(slot, |d| d.signal_host_error());
+    }
+
+    fn recovery_stats(&self, slot: u8) -> Option<RecoveryStats> {
+        self.with_device(slot, |d| d.recovery_stats())
     }
 
     fn shutdown(&mut self) {

@@ -40,12 +40,25 @@ pub(crate) struct Entry {
     pub(crate) detached_seq: u64,
     /// The host-request eventfd the event loop watches; re-armed on each new binding.
     pub(crate) request: Option<EventFd>,
+    /// The host-error eventfd (VFIO's error interrupt) the event loop watches; re-armed on
+    /// each new binding.
+    pub(crate) host_error: Option<EventFd>,
 }
 
-/// Changes to the set of host-request eventfds the event loop must watch.
+/// Changes to the set of host-request and host-error eventfds the event loop must watch.
 pub enum RequestWatch {
-    Add { slot: u8, fd: EventFd },
-    Remove { slot: u8 },
+    Add {
+        slot: u8,
+        fd: EventFd,
+    },
+    AddError {
+        slot: u8,
+        fd: EventFd,
+    },
+    /// Both of the slot's.
+    Remove {
+        slot: u8,
+    },
 }
 
 pub struct Hotplug {
@@ -145,6 +158,14 @@ impl Hotplug {
         let request = EventFd::new(libc::EFD_NONBLOCK).ok();
         let slot = self.host.plug(host.clone(), request.as_ref())?;
         let kept = request.as_ref().and_then(|fd| fd.try_clone().ok());
+        let host_error = EventFd::new(libc::EFD_NONBLOCK).ok().filter(|fd| match self.host.arm_host_errors(slot, fd) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!("{}: host errors of the device cannot be forwarded: {e}", host.id);
+                false
+            }
+        });
+        let error_watch = host_error.as_ref().and_then(|fd| fd.try_clone().ok());
         self.entries.insert(
             host.id.clone(),
             Entry {
@@ -155,10 +176,14 @@ impl Hotplug {
                 eject_deadline: None,
                 detached_seq: 0,
                 request: kept,
+                host_error,
             },
         );
         if let Some(fd) = request {
             self.watch(RequestWatch::Add { slot, fd });
+        }
+        if let Some(fd) = error_watch {
+            self.watch(RequestWatch::AddError { slot, fd });
         }
         Ok(slot)
     }
@@ -178,6 +203,15 @@ impl Hotplug {
     /// Host-request eventfds to start or stop watching.
     pub fn take_request_watch(&mut self) -> Vec<RequestWatch> {
         std::mem::take(&mut self.request_watch)
+    }
+
+    /// The host detected an error on the device in `slot`: its guest driver is told (AER).
+    pub fn on_host_error(&mut self, slot: u8) {
+        let Some(entry) = self.entries.values().find(|e| e.slot == slot && e.state != AttachState::Detached) else {
+            return;
+        };
+        log::info!("{}: the host reports an error on {}: signalling it to the guest", entry.host.id, entry.host.bdf);
+        self.host.signal_host_error(slot);
     }
 
     /// The host asked for the device in `slot` back: while paused, release it at once (the
@@ -444,6 +478,7 @@ impl Hotplug {
                     "bdf": format!("0000:00:{:02x}.0", e.slot),
                     "state": e.state.to_string(),
                     "binding": e.binding.to_string(),
+                    "recovery": self.host.recovery_stats(e.slot).map(recovery_json),
                 })
             })
             .collect()
@@ -464,6 +499,23 @@ impl Hotplug {
     pub fn shutdown(&mut self) {
         self.host.shutdown();
     }
+}
+
+/// A device's error recoveries for `vm.info`: how many were signalled, the guest's resets, and
+/// the last one (why, when, whether the guest got it, how long until it reset and re-enabled
+/// the function).
+fn recovery_json(s: pci::vfio::recovery::RecoveryStats) -> serde_json::Value {
+    json!({
+        "signalled": s.signalled,
+        "resets": s.resets,
+        "last": s.last.map(|l| json!({
+            "cause": l.cause.as_str(),
+            "signalled_at_ms": l.signalled_at_ms,
+            "delivered": l.delivered,
+            "reset_after_ms": l.reset_after_ms,
+            "reenabled_after_ms": l.reenabled_after_ms,
+        })),
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ struct HostState {
     other_kind: BTreeSet<PathBuf>,
     ejected: u32,
     enabled: BTreeSet<u8>,
-    recovery_due: BTreeMap<u8, Instant>,
+    /// Slots whose host-error interrupt is armed, how many times.
+    armed_errors: BTreeMap<u8, u32>,
+    /// Error-recovery work each slot's device has (a reset takes this many ms).
+    recovery_work: BTreeMap<u8, u64>,
     /// Slots in use (the lowest free one is taken, as on the real bus).
     used: BTreeSet<u8>,
     /// Paths whose open the host does not finish within vfvmm's bound.
@@ -146,8 +149,26 @@ impl DeviceHost for FakeHost {
         }
     }
 
-    fn recovery_tick(&mut self, slot: u8, _now: Instant) -> Option<Instant> {
-        self.0.lock().unwrap().recovery_due.get(&slot).copied()
+    fn arm_host_errors(&mut self, slot: u8, _fd: &EventFd) -> Result<(), String> {
+        *self.0.lock().unwrap().armed_errors.entry(slot).or_default() += 1;
+        Ok(())
+    }
+
+    fn signal_host_error(&mut self, slot: u8) {
+        self.log(format!("host_error {slot}"));
+    }
+
+    fn service_recovery(&mut self, slot: u8) -> crate::passthrough::device_host::RecoveryService {
+        let work = self.0.lock().unwrap().recovery_work.remove(&slot);
+        if work.is_some() {
+            self.log(format!("service_recovery {slot}"));
+        }
+        crate::passthrough::device_host::RecoveryService {
+            reported: work.map(|_| (pci::aer::Severity::Fatal, pci::rcec::Reported::Raised)),
+            cause: work.map(|_| "re-acquired"),
+            reset_ms: work,
+            reenabled_ms: work.map(|ms| ms + 1),
+        }
     }
 
     fn shutdown(&mut self) {
@@ -339,12 +360,14 @@ fn add_refuses_an_id_or_a_path_in_use() {
 }
 
 #[test]
-fn recoveries_are_polled_for_the_earliest_due_device() {
+fn recovery_work_is_done_for_every_live_device_that_has_some() {
     let (mut h, host) = vm_with_two_vfs();
-    assert_eq!(h.poll_recovery(), None);
-    let now = Instant::now();
-    host.0.lock().unwrap().recovery_due.extend([(1, now + Duration::from_secs(3)), (2, now + Duration::from_secs(1))]);
-    assert_eq!(h.poll_recovery(), Some(now + Duration::from_secs(1)));
+    h.service_recoveries();
+    host.0.lock().unwrap().recovery_work.extend([(2, 120)]);
+    h.service_recoveries();
+    assert_eq!(host.take_calls(), ["service_recovery 2"]);
+    h.service_recoveries();
+    assert!(host.take_calls().is_empty(), "the work was done once");
     h.on_dma_mapped();
     assert_eq!(host.take_calls(), ["bus_master 1", "bus_master 2"]);
 }
@@ -479,4 +502,24 @@ fn a_device_added_before_guest_ram_is_mapped_is_announced_once_it_is() {
     let e = h.add(add_request(VF3, "vf3")).unwrap_err();
     assert_eq!(e.status, 500, "{}", e.message);
     assert!(!states(&mut h).iter().any(|s| s.starts_with("vf3=")));
+}
+
+#[test]
+fn host_errors_are_watched_per_device_rearmed_on_reacquire_and_forwarded() {
+    let (mut h, host) = vm_with_two_vfs();
+    let watches = h.take_request_watch();
+    let errors: Vec<u8> = watches
+        .iter()
+        .filter_map(|w| if let RequestWatch::AddError { slot, .. } = w { Some(*slot) } else { None })
+        .collect();
+    assert_eq!(errors, [1, 2]);
+    h.on_host_error(2);
+    assert_eq!(host.take_calls(), ["host_error 2"]);
+    h.on_host_error(7);
+    assert!(host.take_calls().is_empty(), "no device in slot 7");
+    // A re-acquired device gets its error interrupt armed again.
+    h.pause_devices();
+    h.release("vf1").unwrap();
+    h.acquire("vf1", None).unwrap();
+    assert_eq!(host.0.lock().unwrap().armed_errors.get(&2), Some(&2));
 }

@@ -14,6 +14,11 @@ use crate::passthrough::hotplug::{refusal, Hotplug};
 use crate::passthrough::vfio::{HostDevice, ReacquireError};
 use crate::platform::config::DeviceConfig;
 
+/// The host-error eventfd of a device's entry, to re-arm on a new binding.
+fn entry_error_fd(entry: Option<&crate::passthrough::hotplug::Entry>) -> Option<vmm_sys_util::eventfd::EventFd> {
+    entry?.host_error.as_ref()?.try_clone().ok()
+}
+
 /// How often resume looks for a released device's path while it waits for it.
 const REACQUIRE_POLL: Duration = Duration::from_millis(50);
 
@@ -50,18 +55,27 @@ impl Hotplug {
         }
     }
 
-    /// Advances the driver recoveries of devices that lost work while paused (see
-    /// `pci::vfio::recovery`); returns when the next step is due.
-    pub fn poll_recovery(&mut self) -> Option<Instant> {
-        let now = Instant::now();
-        let slots: Vec<u8> = self.live().map(|e| e.slot).collect();
-        let mut next: Option<Instant> = None;
-        for slot in slots {
-            if let Some(due) = self.host.recovery_tick(slot, now) {
-                next = Some(next.map_or(due, |n| n.min(due)));
+    /// Carries out the devices' error-recovery work (see `pci::vfio::recovery`): errors to
+    /// report to the guest, resets the guest asked for. Called on the VMM thread whenever a
+    /// device woke it.
+    pub fn service_recoveries(&mut self) {
+        let devices: Vec<(u8, String)> = self.live().map(|e| (e.slot, e.host.id.clone())).collect();
+        for (slot, id) in devices {
+            let done = self.host.service_recovery(slot);
+            if let Some((severity, reported)) = done.reported {
+                let cause = done.cause.unwrap_or("?");
+                log::info!("{id}: {cause}: {severity:?} uncorrectable error reported to the guest's RCEC: {reported}");
+            }
+            // The guest can ask for resets (and re-enable its function) at will: rate-limited.
+            if let Some(ms) = done.reset_ms {
+                devices::info_guest!("{id}: function level reset asked by the guest, done through VFIO in {ms} ms");
+            }
+            if let Some(ms) = done.reenabled_ms {
+                devices::info_guest!(
+                    "{id}: recovered: the guest's driver re-enabled the function {ms} ms after the error"
+                );
             }
         }
-        next
     }
 
     /// `vm.pause` (after the vCPUs stopped): every device stops DMA and interrupts.
@@ -104,6 +118,13 @@ impl Hotplug {
         let slot = entry.slot;
         let request = entry.request.as_ref().and_then(|fd| fd.try_clone().ok());
         let result = self.host.reacquire(slot, host, request.as_ref());
+        if result.is_ok() {
+            if let Some(fd) = entry_error_fd(self.entries.get(id)) {
+                if let Err(e) = self.host.arm_host_errors(slot, &fd) {
+                    log::info!("{id}: host errors of the re-acquired device cannot be forwarded: {e}");
+                }
+            }
+        }
         let event = match &result {
             Ok(()) => Some(BindingEvent::Acquired),
             Err(e) if record_failure => Some(BindingEvent::AcquireFailed(e.to_string())),

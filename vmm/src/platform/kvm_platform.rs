@@ -162,11 +162,14 @@ pub struct KvmPlatform {
     routes: Mutex<BTreeMap<u32, MsiMessage>>,
     gsis: Mutex<IdAllocator>,
     router: Arc<BarRouter>,
+    /// Wakes the VMM thread's device watcher (a device has an error to report or a reset to do).
+    wake: Option<EventFd>,
 }
 
 impl KvmPlatform {
     pub fn new(vm: Arc<VmFd>, first_free_slot: u32, router: Arc<BarRouter>) -> std::io::Result<Self> {
         Ok(Self {
+            wake: None,
             dma: DmaGate::new()?,
             vm,
             slot_ids: Mutex::new(IdAllocator::new(first_free_slot)),
@@ -175,6 +178,12 @@ impl KvmPlatform {
             gsis: Mutex::new(IdAllocator::new(IOAPIC_PINS)),
             router,
         })
+    }
+
+    /// Devices wake the VMM thread through `wake` (see [`VmPlatform::wake_vmm`]).
+    pub fn with_wake(mut self, wake: EventFd) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// `(MSI routes, memory slots)` in use for passthrough.
@@ -334,6 +343,12 @@ impl VmPlatform for KvmPlatform {
 
     fn dma_state(&self) -> DmaState {
         self.dma.state()
+    }
+
+    fn wake_vmm(&self) {
+        if let Some(Err(e)) = self.wake.as_ref().map(|w| w.write(1)) {
+            log::warn!("cannot wake the VMM thread for a device: {e}");
+        }
     }
 }
 

@@ -27,7 +27,7 @@ fn human_and_json_output_and_errors() {
                     r#"{"state":"Running","config":{"cpus":{"boot_vcpus":2},"memory":{"size":268435456}},"devices":[{"id":"vf0","path":"/sys/bus/pci/devices/0000:01:10.0","bdf":"0000:00:01.0","state":"Attached","binding":"Bound"}]}"#.into(),
                 ),
                 ApiRequest::VmPause => Response::error(405, "the VM is already paused"),
-                ApiRequest::VmReleaseDevice { id } if id != "vf0" => Response::error(404, &format!("no device '{id}'")),
+                ApiRequest::VmReleaseDevice { id, .. } if id != "vf0" => Response::error(404, &format!("no device '{id}'")),
                 ApiRequest::VmAcquireDevice { id, path } if id == "vf0" && path.as_deref() == Some("/sys/bus/pci/devices/0000:01:10.4") => {
                     Response::no_content()
                 }

@@ -25,6 +25,8 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 #                                  an I/O error, ok=0 when the read-back differs)
 #   /init blk-writer-stop          end the writer after its current write: "L2-BLKWRITER
 #                                  writes=W errors=E last=S"
+#   /init pinger-start             in the background: ping the PF once, print "L2-PONG" on a
+#                                  reply, every 0.1 s (a ping that fails prints nothing)
 #   /init blk-dmesg [SINCE]        "L2-BLKDMESG lines=L ioerr=N timeouts=N resets=N removed=N"
 #                                  from the kernel log after its line SINCE (nvme's own lines
 #                                  are printed as L2-KLOG too; L: the log's length now)
@@ -175,6 +177,9 @@ if [ $$ != 1 ] && [ $# -gt 0 ]; then
         blk-writer-start) blk_writer_start ;;
         blk-writer-stop) blk_writer_stop ;;
         blk-dmesg) blk_dmesg "${2:-0}" ;;
+        pinger-start)
+            ( while :; do ping -c 1 -W 1 192.0.2.1 >/dev/null 2>&1 && echo "L2-PONG"; sleep 0.1; done ) </dev/null >/dev/console 2>&1 &
+            echo "L2-PINGER started pid=$!" ;;
         *) echo "usage: /init vf-list | vf-ping BDF IP [COUNT] | vf-wait-ping BDF SECS | vf-state BDF | nvme-wait SECS | blk-fill DEV N [BASE] | blk-verify | blk-writer-start | blk-writer-stop | blk-dmesg [SINCE]" >&2; exit 2 ;;
     esac
     exit
@@ -247,8 +252,14 @@ for arg in $(cat /proc/cmdline); do
         l2.hotplug=*) hotplug=${arg#*=} ;;
         l2.counter=*) counter=${arg#*=} ;;
         l2.nvme=*) nvme=${arg#*=} ;;
+        l2.heartbeat=*) heartbeat=${arg#*=} ;;
     esac
 done
+
+# l2.heartbeat=1: "L2-HB n" every 100 ms (the host timestamps them: a gap is a vCPU stall).
+if [ "${heartbeat:-0}" = 1 ]; then
+    ( i=0; while :; do echo "L2-HB $i"; i=$((i + 1)); sleep 0.1; done ) &
+fi
 
 # l2.nvme=1: load the nvme driver (at boot or for a later hot-attach) and report the namespace
 # of an NVMe function present at boot (dev=none when there is none).

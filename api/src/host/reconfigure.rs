@@ -6,6 +6,9 @@
 //!   may change) and the VM resumed. The guests see no unplug.
 //! - detach mode: every held VF is hot-detached (the guest ejects it), the count is set and
 //!   each device hot-attached again at its VF index with the same id.
+//! - live mode: every held VF is released while its VM runs (`vm.release-device` live: the
+//!   guest's driver is told its function failed and waits for it), the count is set and each
+//!   device re-acquired at its VF index while the VM runs. No vCPU stops, no unplug.
 //!
 //! A VF whose index is not below the new count cannot be kept: refused unless allowed, then
 //! hot-detached first. A failing step rolls back (old count, devices re-acquired or
@@ -23,6 +26,7 @@ use crate::host::sriov::PfInfo;
 pub enum Mode {
     Pause,
     Detach,
+    Live,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,7 +107,11 @@ impl Plan {
             self.pf,
             self.old_count,
             self.new_count,
-            if self.mode == Mode::Pause { "pause" } else { "detach" }
+            match self.mode {
+                Mode::Pause => "pause",
+                Mode::Detach => "detach",
+                Mode::Live => "live",
+            }
         )];
         if self.items.is_empty() {
             lines.push("no VM holds a VF of this PF".into());
@@ -121,6 +129,10 @@ impl Plan {
                 (Fate::Keep, Mode::Detach) => format!(
                     "{}/{}: VF {} ({}): hot-detached, hot-attached again at VF {} as {}",
                     h.vm, h.id, h.index, h.address, h.index, h.id
+                ),
+                (Fate::Keep, Mode::Live) => format!(
+                    "{}/{}: VF {} ({}): released while the VM runs (its driver waits), re-acquired at VF {} after the change",
+                    h.vm, h.id, h.index, h.address, h.index
                 ),
             });
         }
@@ -152,6 +164,8 @@ pub trait Operations {
     fn pause(&mut self, vm: &str) -> Result<(), String>;
     fn resume(&mut self, vm: &str) -> Result<(), String>;
     fn release(&mut self, vm: &str, id: &str) -> Result<(), String>;
+    /// Releases a device while its VM runs (its guest driver waits for it).
+    fn live_release(&mut self, vm: &str, id: &str) -> Result<(), String>;
     fn acquire(&mut self, vm: &str, id: &str, address: &str) -> Result<(), String>;
     /// Hot-detach and wait until the guest let go of it.
     fn detach(&mut self, vm: &str, id: &str) -> Result<(), String>;
@@ -233,6 +247,7 @@ pub fn execute(plan: &Plan, ops: &mut dyn Operations, on_step: &mut dyn FnMut(&S
         let result = match plan.mode {
             Mode::Pause => by_pause(plan, &mut run, &mut outcomes),
             Mode::Detach => by_detach(plan, &mut run, &mut outcomes),
+            Mode::Live => by_live(plan, &mut run, &mut outcomes),
         };
         if let Err((e, rb)) = result {
             failed = Some(e);
@@ -378,6 +393,59 @@ fn by_detach(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), 
             Err(e) => {
                 o.ok = false;
                 o.devices.push(format!("{} NOT re-attached: {e}", h.id));
+            }
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err((e, true)),
+    }
+}
+
+/// Live mode. On failure: `(reason, rolled back)`.
+fn by_live(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (String, bool)> {
+    let mut released: Vec<(&Held, Instant)> = Vec::new();
+    let mut failure = None;
+    for h in plan.kept() {
+        let t = Instant::now();
+        let what = format!("{}: live release {} (VF {})", h.vm, h.id, h.index);
+        match run.step(what, |ops| ops.live_release(&h.vm, &h.id)) {
+            Ok(()) => released.push((h, t)),
+            Err(e) => {
+                let o = entry(outcomes, &h.vm);
+                o.ok = false;
+                o.note = format!("{} was not released ({e}); it stays bound", h.id);
+                failure = Some(format!("{}/{}: {e}", h.vm, h.id));
+                break;
+            }
+        }
+    }
+    // The new VFs by index; after a failure, the VFs as they were.
+    let mut addresses: Vec<String> = Vec::new();
+    if failure.is_none() {
+        (addresses, failure) = change_count(plan, run);
+    }
+    for (h, released_at) in released {
+        let address = addresses.get(h.index as usize).cloned().unwrap_or_else(|| h.address.clone());
+        let what = format!("{}: acquire {} at VF {} ({address}), VM running", h.vm, h.id, h.index);
+        let result = run.step(what, |ops| ops.acquire(&h.vm, &h.id, &address));
+        let state = result.as_ref().ok().map(|_| run.ops.binding(&h.vm, &h.id).unwrap_or_else(|e| e));
+        let o = entry(outcomes, &h.vm);
+        match (result, state.as_deref()) {
+            (Ok(()), Some("Bound")) => {
+                o.devices.push(format!("{} -> {address}", h.id));
+                let ms = released_at.elapsed().as_millis() as u64;
+                o.downtime_ms = Some(o.downtime_ms.map_or(ms, |d| d.max(ms)));
+            }
+            (Ok(()), state) => {
+                o.ok = false;
+                o.devices.push(format!("{} -> {address} is {}", h.id, state.unwrap_or("?")));
+            }
+            (Err(e), _) => {
+                o.ok = false;
+                o.devices.push(format!("{} not re-acquired: {e}", h.id));
+                o.note =
+                    format!("STILL RELEASED: {} (its guest driver waits; the VM gives it up after its bound)", h.id);
             }
         }
     }

@@ -75,6 +75,9 @@ impl Operations for FakeOps {
     fn release(&mut self, vm: &str, id: &str) -> Result<(), String> {
         self.op(format!("release {vm}/{id}"))
     }
+    fn live_release(&mut self, vm: &str, id: &str) -> Result<(), String> {
+        self.op(format!("live_release {vm}/{id}"))
+    }
     fn acquire(&mut self, vm: &str, id: &str, address: &str) -> Result<(), String> {
         self.op(format!("acquire {vm}/{id} {address}"))
     }
@@ -214,4 +217,44 @@ fn a_guest_that_does_not_eject_in_detach_mode_rolls_back_and_nothing_changes() {
     assert!(!r.ok && r.rolled_back);
     let b = r.vms.iter().find(|v| v.vm == "b").unwrap();
     assert!(b.note.contains("stays attached"), "{b:?}");
+}
+
+#[test]
+fn live_mode_releases_while_running_changes_the_count_and_reacquires_without_pausing() {
+    let p = plan(&pf(2, &[(0, "a/vf0"), (1, "b/vf0")]), &views(&["a", "b"]), 4, Mode::Live);
+    let text = p.describe().join("\n");
+    assert!(text.starts_with("0000:01:00.0: VFs 2 -> 0 -> 4 (live mode)"), "{text}");
+    assert!(text.contains("a/vf0: VF 0 (0000:01:10.0): released while the VM runs (its driver waits)"), "{text}");
+    let mut ops = FakeOps::default();
+    let r = run(&p, &mut ops);
+    assert_eq!(
+        ops.log,
+        [
+            "live_release a/vf0",
+            "live_release b/vf0",
+            "set_vfs 4",
+            "acquire a/vf0 0000:01:10.1",
+            "acquire b/vf0 0000:01:10.3"
+        ],
+        "no pause, no resume"
+    );
+    assert!(r.ok && r.vms.iter().all(|v| v.ok && v.downtime_ms.is_some()), "{r:?}");
+}
+
+#[test]
+fn live_mode_rolls_back_a_failed_count_change_and_reports_a_device_that_stays_released() {
+    let p = plan(&pf(2, &[(0, "a/vf0"), (1, "b/vf0")]), &views(&["a", "b"]), 4, Mode::Live);
+    let mut ops =
+        FakeOps { fail: ["set_vfs 4".to_string(), "acquire b/vf0 0000:01:10.3".into()].into(), ..Default::default() };
+    let r = run(&p, &mut ops);
+    assert!(!r.ok && r.rolled_back);
+    assert_eq!(ops.log[2..], ["set_vfs 4", "set_vfs 2", "acquire a/vf0 0000:01:10.1", "acquire b/vf0 0000:01:10.3"]);
+    let b = r.vms.iter().find(|v| v.vm == "b").unwrap();
+    assert!(!b.ok && b.note.starts_with("STILL RELEASED: vf0"), "{b:?}");
+    // A device that cannot be released stops the change before the count moves.
+    let mut ops = FakeOps { fail: ["live_release b/vf0".to_string()].into(), ..Default::default() };
+    let r = run(&p, &mut ops);
+    assert!(!r.ok);
+    assert!(!ops.log.iter().any(|l| l.starts_with("set_vfs")), "{:?}", ops.log);
+    assert_eq!(ops.log.last().map(String::as_str), Some("acquire a/vf0 0000:01:10.0"), "a gets its VF back");
 }

@@ -46,6 +46,14 @@ struct RemoveDeviceBody {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReleaseDeviceBody {
+    id: String,
+    #[serde(default)]
+    live: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AcquireDeviceBody {
     id: String,
     #[serde(default)]
@@ -64,11 +72,14 @@ pub enum ApiRequest {
     VmPause,
     VmResume,
     VmShutdown,
-    /// While paused: let go of a device's host side (the guest keeps the device).
+    /// While paused: let go of a device's host side (the guest keeps the device). With `live`,
+    /// while running: the guest's driver is told its function failed and waits for it.
     VmReleaseDevice {
         id: String,
+        live: bool,
     },
-    /// While paused: take a released device back, at its path or at `path`.
+    /// While paused, or while running for a live-released device: take a released device
+    /// back, at its path or at `path`.
     VmAcquireDevice {
         id: String,
         path: Option<String>,
@@ -211,8 +222,8 @@ pub fn route(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
             Ok(ApiRequest::VmRemoveDevice { id: checked_id(endpoint, body.id)? })
         }
         "vm.release-device" => {
-            let body: RemoveDeviceBody = json_body(endpoint, &req.body)?;
-            Ok(ApiRequest::VmReleaseDevice { id: checked_id(endpoint, body.id)? })
+            let body: ReleaseDeviceBody = json_body(endpoint, &req.body)?;
+            Ok(ApiRequest::VmReleaseDevice { id: checked_id(endpoint, body.id)?, live: body.live })
         }
         "vm.acquire-device" => {
             let body: AcquireDeviceBody = json_body(endpoint, &req.body)?;

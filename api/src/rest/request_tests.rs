@@ -123,7 +123,7 @@ fn openapi_file_lists_exactly_the_served_routes() {
 fn release_and_acquire_routes() {
     assert_eq!(
         route(&req("PUT", "/api/v1/vm.release-device", r#"{"id":"vf0"}"#)),
-        Ok(ApiRequest::VmReleaseDevice { id: "vf0".into() })
+        Ok(ApiRequest::VmReleaseDevice { id: "vf0".into(), live: false })
     );
     assert_eq!(
         route(&req("PUT", "/api/v1/vm.acquire-device", r#"{"id":"vf0"}"#)),

@@ -554,6 +554,18 @@ impl PciDevice for VfioPciDevice {
                 return;
             }
         }
+        if reg == REG_COMMAND_STATUS && offset < 2 && self.is_quiesced() {
+            // The VM runs while the function is quiesced (a live release): the guest's command
+            // is kept for when the function runs again; the function gets it without bus
+            // mastering, and its BARs stay unmapped.
+            if let Some(merged) = self.merged_write(reg, offset, data) {
+                let command = merged as u16;
+                self.set_quiesced_command(command);
+                self.decode = command & COMMAND_MEMORY_SPACE != 0;
+                self.device_config_write(reg, 0, &(command & !COMMAND_BUS_MASTER).to_le_bytes());
+            }
+            return;
+        }
         let mut data = data.to_vec();
         if reg == REG_COMMAND_STATUS && offset == 0 {
             if let Some(first) = data.first_mut() {

@@ -130,6 +130,12 @@ impl VfioPciDevice {
         );
     }
 
+    /// The guest wrote its command register while the function is quiesced and the VM runs
+    /// (a live release): what [`unquiesce`](Self::unquiesce) restores.
+    pub(super) fn set_quiesced_command(&mut self, command: u16) {
+        self.life.saved_command = command;
+    }
+
     /// Stops the device's DMA and interrupts and unmaps its BARs from the guest.
     pub fn quiesce(&mut self) {
         if self.life.quiesced {

@@ -67,6 +67,9 @@ pub enum RecoveryCause {
     PausedDuringDma,
     /// The host reported an error on the device (VFIO error interrupt).
     HostError,
+    /// Released while the VM runs (`vm.release-device` with `live`): the driver must stop
+    /// using it and wait, in its reset, until it is re-acquired.
+    LiveRelease,
 }
 
 impl RecoveryCause {
@@ -75,6 +78,7 @@ impl RecoveryCause {
             Self::Reacquired => "re-acquired",
             Self::PausedDuringDma => "paused during DMA",
             Self::HostError => "host device error",
+            Self::LiveRelease => "released while running",
         }
     }
 }
@@ -100,6 +104,19 @@ pub struct RecoveryStats {
     /// Function level resets the guest asked for (and vfvmm performed through VFIO).
     pub resets: u64,
     pub last: Option<LastRecovery>,
+}
+
+/// What became of an error vfvmm wanted to signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalled {
+    /// Logged; the VMM thread sends it to the RCEC.
+    Sent,
+    /// Logged, not sent: the guest has not enabled reporting it (or masked it).
+    NotEnabled,
+    /// Not needed: the guest is already resetting the function for an earlier error.
+    AlreadyResetting,
+    /// A conventional PCI function: no error reporting.
+    Unsupported,
 }
 
 /// Where a guest-requested Function Level Reset is.
@@ -264,12 +281,16 @@ impl ErrorRecovery {
 
     /// The function lost its state under the guest's driver: an Uncorrectable Internal Error
     /// is logged in its AER capability and Device Status; it is to be sent to the RCEC (see
-    /// [`take_report`](Self::take_report)) if the guest enabled reporting it. Returns whether
-    /// it will be.
-    pub fn signal(&mut self, cause: RecoveryCause) -> bool {
+    /// [`take_report`](Self::take_report)) if the guest enabled reporting it.
+    pub fn signal(&mut self, cause: RecoveryCause) -> Signalled {
         let Some(aer) = self.aer.as_mut() else {
-            return false;
+            return Signalled::Unsupported;
         };
+        if self.reset != ResetState::Idle {
+            // The guest is already resetting the function for an earlier error: that reset
+            // (done once the function is back) is the recovery this one asks for.
+            return Signalled::AlreadyResetting;
+        }
         let severity = aer.log_uncorrectable(UNCOR_INTERNAL);
         if let Some(s) = severity {
             self.devsta_errors |= if s == Severity::Fatal { DEVSTA_FATAL } else { DEVSTA_NONFATAL };
@@ -289,7 +310,11 @@ impl ErrorRecovery {
         });
         self.episode = enabled.then(Instant::now);
         self.pending = if enabled { severity } else { None };
-        enabled
+        if enabled {
+            Signalled::Sent
+        } else {
+            Signalled::NotEnabled
+        }
     }
 
     /// The error to send to the RCEC, once.
@@ -357,15 +382,17 @@ impl ErrorRecovery {
 impl VfioPciDevice {
     /// Tells the guest the function failed (see the module documentation); the VMM thread is
     /// woken to send the error to the RCEC.
-    pub fn signal_error(&mut self, cause: RecoveryCause) {
-        if self.errors.signal(cause) {
-            self.platform.wake_vmm();
-        } else if self.errors.supported() {
-            log::info!(
+    pub fn signal_error(&mut self, cause: RecoveryCause) -> Signalled {
+        let outcome = self.errors.signal(cause);
+        match outcome {
+            Signalled::Sent => self.platform.wake_vmm(),
+            Signalled::NotEnabled => log::info!(
                 "{}: the guest has not enabled error reporting for a function; its driver is on its own",
                 cause.as_str()
-            );
+            ),
+            Signalled::AlreadyResetting | Signalled::Unsupported => {}
         }
+        outcome
     }
 
     /// The guest re-enabled the function at the end of a recovery (bus mastering back on

@@ -215,3 +215,54 @@ fn an_flr_outside_an_episode_is_done_too_and_a_host_error_is_signalled() {
     assert_eq!(dev.take_error_report(), Some(Severity::Fatal));
     assert_eq!(dev.recovery_stats().last.unwrap().cause, RecoveryCause::HostError);
 }
+
+#[test]
+fn a_live_release_keeps_the_guest_waiting_in_its_reset_until_the_function_is_back() {
+    let (mut dev, platform) = enabled(Arc::new(FakeVfio::igb_vf()));
+    // Released while the VM runs: quiesced, the error signalled, the host side let go of.
+    dev.quiesce();
+    assert_eq!(dev.signal_error(RecoveryCause::LiveRelease), Signalled::Sent);
+    drop(dev.release().unwrap());
+    assert_eq!(dev.take_error_report(), Some(Severity::Fatal));
+    // The guest's AER core: the driver stops, then FLR. Nothing to reset yet: the function
+    // does not answer (the guest's reset wait polls).
+    dev.config_write(DEVCTL_REG, 1, &[0x80]);
+    assert!(dev.take_reset().is_none(), "no host device to reset");
+    assert_eq!(dev.config_read(REG_COMMAND_STATUS), u32::MAX);
+    // Back (a re-created function): it runs again; the reset under way is the recovery, no
+    // second error is signalled; the VMM thread now does the reset and the function answers.
+    let fresh = Arc::new(FakeVfio::igb_vf());
+    dev.rebind(fresh.clone()).unwrap();
+    let woken = wakes(&platform);
+    dev.unquiesce();
+    assert_eq!(dev.take_error_report(), None);
+    assert_eq!(dev.recovery_stats().signalled, 1);
+    assert_eq!(wakes(&platform), woken);
+    let backend = dev.take_reset().expect("the guest's reset, now");
+    backend.reset();
+    dev.finish_reset();
+    assert_eq!(*fresh.resets.lock().unwrap(), 1);
+    assert_ne!(dev.config_read(REG_COMMAND_STATUS), u32::MAX);
+    dev.config_write(REG_COMMAND_STATUS, 0, &(COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER).to_le_bytes());
+    let last = dev.recovery_stats().last.unwrap();
+    assert_eq!(last.cause, RecoveryCause::LiveRelease);
+    assert!(last.reenabled_after_ms.is_some());
+}
+
+#[test]
+fn command_writes_while_live_released_are_kept_for_the_return_and_bus_mastering_waits() {
+    let (mut dev, _) = enabled(Arc::new(FakeVfio::igb_vf()));
+    dev.quiesce();
+    drop(dev.release().unwrap());
+    // The guest's driver lets go of bus mastering while the function is away.
+    dev.config_write(REG_COMMAND_STATUS, 0, &COMMAND_MEMORY_SPACE.to_le_bytes());
+    let fresh = Arc::new(FakeVfio::igb_vf());
+    dev.rebind(fresh.clone()).unwrap();
+    dev.unquiesce();
+    let device_command = u16::from_le_bytes({
+        let cfg = fresh.config.lock().unwrap();
+        [cfg[4], cfg[5]]
+    });
+    assert_eq!(device_command & COMMAND_BUS_MASTER, 0, "bus mastering stays off until the driver sets it");
+    assert_eq!(dev.config_read(REG_COMMAND_STATUS) as u16 & COMMAND_BUS_MASTER, 0);
+}

@@ -89,7 +89,8 @@ impl ApiHandler {
                     Err(e) => Self::wrong_state(e),
                 }
             }
-            ApiRequest::VmReleaseDevice { id } => self.on_hotplug(|h| h.release(&id)),
+            ApiRequest::VmReleaseDevice { id, live: false } => self.on_hotplug(|h| h.release(&id)),
+            ApiRequest::VmReleaseDevice { id, live: true } => self.on_hotplug(|h| h.live_release(&id)),
             ApiRequest::VmAcquireDevice { id, path } => self.on_hotplug(|h| h.acquire(&id, path)),
             ApiRequest::VmmShutdown => {
                 self.exit.raise(GuestExit::VmmShutdown);

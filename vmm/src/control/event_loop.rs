@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use devices::serial::SerialDevice;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::vcpus::vcpu::{ExitSignal, GuestExit};
 
@@ -209,6 +210,8 @@ pub struct HotplugWatcher {
     dma_done: EventFd,
     requests: std::collections::BTreeMap<u8, EventFd>,
     errors: std::collections::BTreeMap<u8, EventFd>,
+    /// Fires when a live-released device is due to be given up.
+    live_timer: TimerFd,
     hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
 }
 
@@ -224,7 +227,32 @@ impl HotplugWatcher {
         dma_done: EventFd,
         hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
     ) -> std::io::Result<Self> {
-        Ok(Self { eject, resync, dma_done, requests: Default::default(), errors: Default::default(), hotplug })
+        let live_timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        Ok(Self {
+            eject,
+            resync,
+            dma_done,
+            requests: Default::default(),
+            errors: Default::default(),
+            live_timer,
+            hotplug,
+        })
+    }
+
+    /// Arms the timer for the next live-released device's bound (or disarms it).
+    fn arm_live_timer(&mut self) {
+        let next = self.hotplug.lock().ok().and_then(|h| h.next_live_deadline());
+        let result = match next {
+            // A zero duration would disarm the timer.
+            Some(due) => self.live_timer.reset(
+                due.saturating_duration_since(std::time::Instant::now()).max(std::time::Duration::from_millis(1)),
+                None,
+            ),
+            None => self.live_timer.clear(),
+        };
+        if let Err(e) = result {
+            log::warn!("cannot arm the live-release timer: {e}");
+        }
     }
 
     fn sync(&mut self, ops: &mut EventOps) {
@@ -269,6 +297,9 @@ impl MutEventSubscriber for HotplugWatcher {
                 log::error!("cannot watch hotplug events: {e:?}");
             }
         }
+        if let Err(e) = ops.add(Events::new(&self.live_timer, EventSet::IN)) {
+            log::error!("cannot watch the live-release timer: {e:?}");
+        }
         self.sync(ops);
     }
 
@@ -281,6 +312,8 @@ impl MutEventSubscriber for HotplugWatcher {
             }
         } else if fd == self.resync.as_raw_fd() {
             let _ = self.resync.read();
+        } else if fd == self.live_timer.as_raw_fd() {
+            let _ = self.live_timer.wait();
         } else if fd == self.dma_done.as_raw_fd() {
             let _ = self.dma_done.read();
             if let Ok(mut h) = self.hotplug.lock() {
@@ -305,5 +338,6 @@ impl MutEventSubscriber for HotplugWatcher {
         if let Ok(mut h) = self.hotplug.lock() {
             h.service_recoveries();
         }
+        self.arm_live_timer();
     }
 }

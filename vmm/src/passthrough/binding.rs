@@ -9,6 +9,15 @@
 //! Released --AcquireFailed--> Released (with the reason)
 //! Released --Quiesce | Unquiesce--> Released (the VM pauses/resumes without the device; its
 //!                                              BAR traps and irqfds follow)
+//!
+//! Bound        --LiveRelease-->   LiveReleased (vm.release-device live: the VM runs, the
+//!                                               guest's driver was told and waits)
+//! LiveReleased --Acquired-->      Bound        (re-acquired while running: the device runs)
+//! LiveReleased --AcquireFailed--> LiveReleased (with the reason; the guest still waits)
+//! LiveReleased --GiveUp-->        Released     (not back within the bound: the guest's reset
+//!                                               wait runs out, its driver gives the device up)
+//! LiveReleased --Quiesce-->       Released     (the VM is paused: an ordinary release, which
+//!                                               resume or acquire-device ends)
 //! ```
 //! Anything else is refused and changes nothing.
 
@@ -20,6 +29,9 @@ pub enum BindingState {
     Quiesced,
     /// vfvmm holds nothing of it; `reason` says why it is not back yet, if it failed to come back.
     Released { reason: Option<String> },
+    /// Released while the VM runs: the guest's driver knows its function failed and waits, in
+    /// its reset, for it to come back.
+    LiveReleased { reason: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +41,9 @@ pub enum BindingEvent {
     Release,
     Acquired,
     AcquireFailed(String),
+    LiveRelease,
+    /// A live-released device did not come back within the bound (the reason).
+    GiveUp(String),
 }
 
 /// What the VMM must do after a transition.
@@ -54,6 +69,8 @@ impl std::fmt::Display for BindingState {
             BindingState::Quiesced => f.write_str("Quiesced"),
             BindingState::Released { reason: None } => f.write_str("Released"),
             BindingState::Released { reason: Some(r) } => write!(f, "Released ({r})"),
+            BindingState::LiveReleased { reason: None } => f.write_str("Released live"),
+            BindingState::LiveReleased { reason: Some(r) } => write!(f, "Released live ({r})"),
         }
     }
 }
@@ -66,6 +83,8 @@ impl BindingEvent {
             BindingEvent::Release => "Release",
             BindingEvent::Acquired => "Acquired",
             BindingEvent::AcquireFailed(_) => "AcquireFailed",
+            BindingEvent::LiveRelease => "LiveRelease",
+            BindingEvent::GiveUp(_) => "GiveUp",
         }
     }
 }
@@ -89,6 +108,13 @@ pub fn transition(
         (S::Released { reason }, E::Quiesce) => (released(reason.clone()), A::Quiesce),
         // The VM runs on without the device; its BAR traps come back (reading all ones).
         (S::Released { reason }, E::Unquiesce) => (released(reason.clone()), A::Unquiesce),
+        (S::Bound, E::LiveRelease) => (S::LiveReleased { reason: None }, A::Release),
+        (S::LiveReleased { .. }, E::Acquired) => (S::Bound, A::Unquiesce),
+        (S::LiveReleased { .. }, E::AcquireFailed(reason)) => {
+            (S::LiveReleased { reason: Some(reason.clone()) }, A::None)
+        }
+        (S::LiveReleased { .. }, E::GiveUp(reason)) => (released(Some(reason.clone())), A::None),
+        (S::LiveReleased { reason }, E::Quiesce) => (released(reason.clone()), A::Quiesce),
         _ => return Err(InvalidBindingTransition { from: from.clone(), event: event.name() }),
     })
 }
@@ -101,11 +127,26 @@ mod tests {
     use BindingState as S;
 
     fn states() -> Vec<BindingState> {
-        vec![S::Bound, S::Quiesced, S::Released { reason: None }, S::Released { reason: Some("gone".into()) }]
+        vec![
+            S::Bound,
+            S::Quiesced,
+            S::Released { reason: None },
+            S::Released { reason: Some("gone".into()) },
+            S::LiveReleased { reason: None },
+            S::LiveReleased { reason: Some("busy".into()) },
+        ]
     }
 
     fn events() -> Vec<BindingEvent> {
-        vec![E::Quiesce, E::Unquiesce, E::Release, E::Acquired, E::AcquireFailed("timeout".into())]
+        vec![
+            E::Quiesce,
+            E::Unquiesce,
+            E::Release,
+            E::Acquired,
+            E::AcquireFailed("timeout".into()),
+            E::LiveRelease,
+            E::GiveUp("not back".into()),
+        ]
     }
 
     /// Every (state, event) pair, valid or not.
@@ -120,6 +161,13 @@ mod tests {
                 (S::Released { .. }, E::AcquireFailed(r)) => Some((S::Released { reason: Some(r.clone()) }, A::None)),
                 (S::Released { .. }, E::Quiesce) => Some((from.clone(), A::Quiesce)),
                 (S::Released { .. }, E::Unquiesce) => Some((from.clone(), A::Unquiesce)),
+                (S::Bound, E::LiveRelease) => Some((S::LiveReleased { reason: None }, A::Release)),
+                (S::LiveReleased { .. }, E::Acquired) => Some((S::Bound, A::Unquiesce)),
+                (S::LiveReleased { .. }, E::AcquireFailed(r)) => {
+                    Some((S::LiveReleased { reason: Some(r.clone()) }, A::None))
+                }
+                (S::LiveReleased { .. }, E::GiveUp(r)) => Some((S::Released { reason: Some(r.clone()) }, A::None)),
+                (S::LiveReleased { reason }, E::Quiesce) => Some((S::Released { reason: reason.clone() }, A::Quiesce)),
                 _ => None,
             }
         };
@@ -138,13 +186,25 @@ mod tests {
                 }
             }
         }
-        assert_eq!(valid, 3 + 2 * 4);
+        assert_eq!(valid, 3 + 2 * 4 + 1 + 2 * 4);
     }
 
     #[test]
     fn refusals_name_the_state() {
         assert_eq!(transition(&S::Bound, E::Release).unwrap_err().to_string(), "device is Bound, cannot take Release");
         assert_eq!(S::Released { reason: Some("no such device".into()) }.to_string(), "Released (no such device)");
+    }
+
+    #[test]
+    fn a_live_release_that_comes_back_and_one_that_does_not() {
+        let (s, a) = transition(&S::Bound, E::LiveRelease).unwrap();
+        assert_eq!((s.to_string(), a), ("Released live".to_string(), A::Release));
+        let (s, _) = transition(&s, E::AcquireFailed("VF missing".into())).unwrap();
+        assert_eq!(s.to_string(), "Released live (VF missing)");
+        assert_eq!(transition(&s, E::Acquired).unwrap(), (S::Bound, A::Unquiesce));
+        let (s, _) = transition(&S::LiveReleased { reason: None }, E::GiveUp("not back within 10 s".into())).unwrap();
+        assert_eq!(s.to_string(), "Released (not back within 10 s)");
+        assert_eq!(transition(&s, E::LiveRelease).unwrap_err().event, "LiveRelease");
     }
 
     #[test]

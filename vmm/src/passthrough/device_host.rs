@@ -81,6 +81,11 @@ pub trait DeviceHost: Send {
     }
     /// The host detected an error on the device in `slot`: the guest is told (AER).
     fn signal_host_error(&mut self, _slot: u8) {}
+    /// The (quiesced) device in `slot` is being released while the VM runs: its guest driver
+    /// is told the function failed (AER). Whether the error reaches the guest.
+    fn signal_live_release(&mut self, _slot: u8) -> bool {
+        true
+    }
     /// The device's error recoveries so far, for `vm.info`.
     fn recovery_stats(&self, _slot: u8) -> Option<RecoveryStats> {
         None
@@ -253,6 +258,11 @@ impl DeviceHost for KvmDeviceHost {
 
     fn signal_host_error(&mut self, slot: u8) {
         self.with_device(slot, |d| d.signal_host_error());
+    }
+
+    fn signal_live_release(&mut self, slot: u8) -> bool {
+        self.with_device(slot, |d| d.signal_error(pci::vfio::recovery::RecoveryCause::LiveRelease))
+            == Some(pci::vfio::recovery::Signalled::Sent)
     }
 
     fn recovery_stats(&self, slot: u8) -> Option<RecoveryStats> {

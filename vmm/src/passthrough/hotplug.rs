@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     /// The host's side (binding state machine).
     pub(crate) binding: BindingState,
     pub(crate) eject_deadline: Option<Instant>,
+    /// Live-released: when it gives up waiting for the device to come back.
+    pub(crate) live_deadline: Option<Instant>,
     /// Order of detachment (for forgetting the oldest detached devices).
     pub(crate) detached_seq: u64,
     /// The host-request eventfd the event loop watches; re-armed on each new binding.
@@ -174,6 +176,7 @@ impl Hotplug {
                 state: AttachState::Attaching,
                 binding: BindingState::Bound,
                 eject_deadline: None,
+                live_deadline: None,
                 detached_seq: 0,
                 request: kept,
                 host_error,
@@ -399,6 +402,8 @@ impl Hotplug {
                     entry.eject_deadline = None;
                     // A detached device keeps only its history: no fd.
                     entry.request = None;
+                    entry.host_error = None;
+                    entry.live_deadline = None;
                     self.detached_count += 1;
                     entry.detached_seq = self.detached_count;
                     let mut timeline = match self.detaching.take() {
@@ -442,9 +447,11 @@ impl Hotplug {
         }
     }
 
-    /// Brings states up to date: guest-enabled devices are Attached, overdue ejects time out.
-    fn refresh(&mut self) {
+    /// Brings states up to date: guest-enabled devices are Attached, overdue ejects time out,
+    /// live-released devices not back in time are given up.
+    pub(crate) fn refresh(&mut self) {
         let now = Instant::now();
+        self.give_up_overdue_live_releases(now);
         for entry in self.entries.values_mut() {
             let event = match entry.state {
                 AttachState::Attaching => self.host.guest_enabled(entry.slot).then_some(AttachEvent::GuestEnabled),

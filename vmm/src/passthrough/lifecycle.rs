@@ -19,6 +19,10 @@ fn entry_error_fd(entry: Option<&crate::passthrough::hotplug::Entry>) -> Option<
     entry?.host_error.as_ref()?.try_clone().ok()
 }
 
+/// The most a live-released device may stay away: Linux waits 60 s for a function after its
+/// reset before its recovery fails; the bound stays below that.
+const LIVE_REACQUIRE_MAX: Duration = Duration::from_secs(55);
+
 /// How often resume looks for a released device's path while it waits for it.
 const REACQUIRE_POLL: Duration = Duration::from_millis(50);
 
@@ -59,6 +63,7 @@ impl Hotplug {
     /// report to the guest, resets the guest asked for. Called on the VMM thread whenever a
     /// device woke it.
     pub fn service_recoveries(&mut self) {
+        self.give_up_overdue_live_releases(Instant::now());
         let devices: Vec<(u8, String)> = self.live().map(|e| (e.slot, e.host.id.clone())).collect();
         for (slot, id) in devices {
             let done = self.host.service_recovery(slot);
@@ -108,6 +113,81 @@ impl Hotplug {
         Ok(())
     }
 
+    /// `vm.release-device` with `live`: only while running, for a bound device. The device is
+    /// quiesced, its guest driver told the function failed (AER; the driver stops using it and
+    /// waits in its reset), and its host side let go of; `acquire-device` brings it back
+    /// while the VM runs, within the re-acquire bound (below Linux's 60 s reset wait), or it is
+    /// given up (the guest's wait runs out; `vm.info` says why).
+    pub fn live_release(&mut self, id: &str) -> Result<(), ApiError> {
+        if self.paused_since.is_some() {
+            return Err(ApiError::refused(
+                Refusal::WrongVmState,
+                "live release is for a running VM: release-device without live releases a paused VM's device",
+            ));
+        }
+        self.refresh();
+        let entry =
+            self.entries.get(id).ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        if entry.state != AttachState::Attached {
+            return Err(ApiError::refused(Refusal::Conflict, format!("{id} is {}, not attached", entry.state)));
+        }
+        let slot = entry.slot;
+        let (next, _) = transition(&entry.binding, BindingEvent::LiveRelease)
+            .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        self.host.quiesce(slot);
+        let told = self.host.signal_live_release(slot);
+        if let Err(e) = self.host.release(slot) {
+            // Nothing let go of: the device runs on (the guest recovers from the error).
+            self.host.unquiesce(slot);
+            return Err(ApiError::refused(Refusal::Internal, format!("{id}: {e}")));
+        }
+        let bound = self.live_reacquire_bound();
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.binding = next;
+            entry.live_deadline = Some(Instant::now() + bound);
+        }
+        log::info!(
+            "{id}: released while the VM runs ({}); it has {} s to come back",
+            if told { "its guest driver was told and waits" } else { "the guest has not enabled error reporting" },
+            bound.as_secs()
+        );
+        self.wake_event_loop();
+        Ok(())
+    }
+
+    /// When the next live-released device is due to be given up (for the event loop's timer).
+    pub fn next_live_deadline(&self) -> Option<Instant> {
+        self.live().filter_map(|e| e.live_deadline).min()
+    }
+
+    /// How long a live-released device may stay away: the re-acquire timeout, kept below
+    /// Linux's wait for a function after its reset (60 s), which ends the guest's recovery.
+    fn live_reacquire_bound(&self) -> Duration {
+        self.reacquire_timeout.min(LIVE_REACQUIRE_MAX)
+    }
+
+    /// Live-released devices whose bound passed are given up: they stay released (the
+    /// guest's reset wait runs out and its driver fails the device) until a pause + acquire,
+    /// or a remove-device, resolves them.
+    pub(crate) fn give_up_overdue_live_releases(&mut self, now: Instant) {
+        let overdue: Vec<String> = self
+            .live()
+            .filter(|e| matches!(e.binding, BindingState::LiveReleased { .. }))
+            .filter(|e| e.live_deadline.is_some_and(|d| now >= d))
+            .map(|e| e.host.id.clone())
+            .collect();
+        for id in overdue {
+            let reason = format!("not back within {} s of its live release", self.live_reacquire_bound().as_secs());
+            log::warn!("{id}: {reason}: given up (the guest's driver will fail the device)");
+            if let Err(e) = self.binding_event(&id, BindingEvent::GiveUp(reason)) {
+                log::warn!("{}", e.message);
+            }
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.live_deadline = None;
+            }
+        }
+    }
+
     /// Re-acquires released device `id` at `host`. A failure leaves it released; with
     /// `record_failure`, with the reason (resume), otherwise exactly as it was (a refused API
     /// request changes nothing).
@@ -136,16 +216,26 @@ impl Hotplug {
         result
     }
 
-    /// `vm.acquire-device`: only while paused, for a released device; `path` may name another
-    /// function of the same kind.
+    /// `vm.acquire-device`: while paused for a released device, or while running for a
+    /// live-released one; `path` may name another function of the same kind.
     pub fn acquire(&mut self, id: &str, path: Option<String>) -> Result<(), ApiError> {
-        if self.paused_since.is_none() {
-            return Err(ApiError::refused(Refusal::WrongVmState, "acquire-device needs a paused VM: pause it first"));
-        }
         let entry =
             self.entries.get(id).ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
-        if entry.state == AttachState::Detached || !matches!(entry.binding, BindingState::Released { .. }) {
-            return Err(ApiError::refused(Refusal::Conflict, format!("{id} is {}, not released", entry.binding)));
+        let live = matches!(entry.binding, BindingState::LiveReleased { .. });
+        match (&entry.binding, self.paused_since.is_some()) {
+            _ if entry.state == AttachState::Detached => {
+                return Err(ApiError::refused(Refusal::Conflict, format!("{id} is detached")))
+            }
+            (BindingState::LiveReleased { .. }, _) | (BindingState::Released { .. }, true) => {}
+            (BindingState::Released { .. }, false) => {
+                return Err(ApiError::refused(
+                    Refusal::WrongVmState,
+                    "acquire-device of a released device needs a paused VM: pause it first",
+                ))
+            }
+            (binding, _) => {
+                return Err(ApiError::refused(Refusal::Conflict, format!("{id} is {binding}, not released")))
+            }
         }
         let path = path.map(Into::into).unwrap_or_else(|| entry.host.path.clone());
         let cfg = DeviceConfig { path, id: Some(id.to_string()) };
@@ -160,7 +250,16 @@ impl Hotplug {
             ReacquireError::Kind(m) => ApiError::refused(Refusal::Conflict, m),
             ReacquireError::Open(v) => ApiError::refused(refusal(&v), v.to_string()),
             ReacquireError::NoDevice(_) => ApiError::refused(Refusal::Internal, e.to_string()),
-        })
+        })?;
+        if live {
+            if let Some(entry) = self.entries.get_mut(id) {
+                entry.live_deadline = None;
+            }
+            log::info!("{id}: re-acquired while the VM runs; the guest's reset of it completes now");
+            // The guest's pending reset is done by the VMM thread's device service.
+            self.wake_event_loop();
+        }
+        Ok(())
     }
 
     /// Waits (up to the re-acquire timeout) for each released device's host path to be usable

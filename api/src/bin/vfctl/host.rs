@@ -266,6 +266,9 @@ impl Operations for RealOps<'_> {
     fn release(&mut self, vm: &str, id: &str) -> Result<(), String> {
         self.put(vm, "vm.release-device", Some(serde_json::json!({ "id": id }))).map(drop)
     }
+    fn live_release(&mut self, vm: &str, id: &str) -> Result<(), String> {
+        self.put(vm, "vm.release-device", Some(serde_json::json!({ "id": id, "live": true }))).map(drop)
+    }
     fn acquire(&mut self, vm: &str, id: &str, address: &str) -> Result<(), String> {
         let body = serde_json::json!({ "id": id, "path": device_path(address) });
         self.put(vm, "vm.acquire-device", Some(body)).map(drop)

@@ -32,6 +32,7 @@ struct Cli {
 enum ReconfigureMode {
     Pause,
     Detach,
+    Live,
 }
 
 #[derive(Subcommand)]
@@ -58,7 +59,8 @@ enum Command {
         #[arg(long = "num-vfs", value_name = "N")]
         num_vfs: u32,
         /// pause: VMs paused, VFs released and re-acquired (no unplug in the guests);
-        /// detach: VFs hot-detached and re-attached.
+        /// detach: VFs hot-detached and re-attached; live: VFs released while the VMs run
+        /// (their drivers wait through PCIe error recovery) and re-acquired.
         #[arg(long, value_enum, default_value = "pause")]
         mode: ReconfigureMode,
         /// Print the plan and change nothing.
@@ -98,10 +100,23 @@ enum Command {
     },
     /// Resume: released devices are re-acquired at their paths, then everything runs again.
     Resume,
-    /// While paused: release one device's host side (the guest keeps the device).
-    ReleaseDevice { id: String },
-    /// While paused: take a released device back, optionally from another path=/sys/bus/pci/devices/BDF.
-    AcquireDevice { id: String, path: Option<String> },
+    /// While paused: release one device's host side (the guest keeps the device). With --live,
+    /// while running: the guest's driver is told its function failed and waits for it.
+    ReleaseDevice {
+        id: String,
+        #[arg(long)]
+        live: bool,
+    },
+    /// Take a released device back (VM paused, or running for a live-released device),
+    /// optionally from another path=/sys/bus/pci/devices/BDF.
+    AcquireDevice {
+        id: String,
+        path: Option<String>,
+        /// Accepted for symmetry with release-device --live: a live-released device is taken
+        /// back while the VM runs either way.
+        #[arg(long)]
+        live: bool,
+    },
     /// ACPI power button: the guest powers off.
     Shutdown,
     /// Stop the VMM now.
@@ -200,10 +215,12 @@ fn api_call(command: &Command) -> Option<(&'static str, &'static str, Option<Str
         Command::RemoveDevice { id } => ("PUT", "vm.remove-device", Some(serde_json::json!({ "id": id }).to_string())),
         Command::Pause { .. } => ("PUT", "vm.pause", None),
         Command::Resume => ("PUT", "vm.resume", None),
-        Command::ReleaseDevice { id } => {
-            ("PUT", "vm.release-device", Some(serde_json::json!({ "id": id }).to_string()))
+        Command::ReleaseDevice { id, live } => {
+            let body =
+                if *live { serde_json::json!({ "id": id, "live": true }) } else { serde_json::json!({ "id": id }) };
+            ("PUT", "vm.release-device", Some(body.to_string()))
         }
-        Command::AcquireDevice { id, path } => {
+        Command::AcquireDevice { id, path, .. } => {
             let path = path.as_deref().map(|p| p.strip_prefix("path=").unwrap_or(p).to_string());
             ("PUT", "vm.acquire-device", Some(serde_json::json!({ "id": id, "path": path }).to_string()))
         }
@@ -238,6 +255,7 @@ fn main() {
                 mode: match mode {
                     ReconfigureMode::Pause => api::host::reconfigure::Mode::Pause,
                     ReconfigureMode::Detach => api::host::reconfigure::Mode::Detach,
+                    ReconfigureMode::Live => api::host::reconfigure::Mode::Live,
                 },
                 dry_run: *dry_run,
                 allow_detach: *allow_detach,

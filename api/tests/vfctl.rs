@@ -64,3 +64,40 @@ fn human_and_json_output_and_errors() {
     assert_eq!(code, 1);
     assert!(err.starts_with("vfctl: error: cannot connect to /nonexistent/sock"), "{err}");
 }
+
+#[test]
+fn events_prints_a_vms_event_file_and_says_when_there_is_none() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("vfvmm-vfctl-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let events = dir.join("vm1.events");
+    let lines = "{\"source\":\"vm\",\"event\":\"booted\"}\n{\"source\":\"device\",\"event\":\"live-released\"}\n";
+    std::fs::write(&events, lines).unwrap();
+    let record = |name: &str, events: Option<std::path::PathBuf>| api::host::registry::VmRecord {
+        name: name.into(),
+        pid: std::process::id(),
+        socket: dir.join(format!("{name}.sock")),
+        started: 0,
+        events,
+    };
+    let _a = api::host::registry::register(&dir, &record("vm1", Some(events.clone()))).unwrap();
+    let _b = api::host::registry::register(&dir, &record("vm2", None)).unwrap();
+    let run = |vm: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vfctl"))
+            .args(["--run-dir", dir.to_str().unwrap(), "--vm", vm, "events", "--no-follow"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(run("vm1"), (Some(0), lines.to_string(), String::new()));
+    let (code, _, err) = run("vm2");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("VM 'vm2' has no event file (start it with --event-monitor path=FILE)"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

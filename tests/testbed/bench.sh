@@ -8,7 +8,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 results=$(mktemp -d /tmp/vfvmm-bench.XXXXXX)
 echo "bench: results and logs in $results"
-# BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section (scenarios/bench-SECTION-only.sh).
+# BENCH_ONLY=boot|vf|reconf|modes|hotplug runs one section (scenarios/bench-SECTION-only.sh;
+# "multi" is the old name of modes).
+[[ ${BENCH_ONLY:-} == multi ]] && BENCH_ONLY=modes
 scenario=$REPO/tests/testbed/scenarios/bench-boot.sh
 [[ -n ${BENCH_ONLY:-} ]] && scenario=$REPO/tests/testbed/scenarios/bench-$BENCH_ONLY-only.sh
 # BENCH_BASELINE=REV: the reconf section also runs its pause rounds with vfvmm built at git

@@ -28,7 +28,7 @@ LABELS = {"BOOT": "boot-to-init (ms)", "BOOTVF": "boot-to-init with a VF (ms)", 
 SECTIONS = {"boot": {"BOOT", "BOOTELF", "BOOTHP", "BOOTELFHP", "BOOTPF"}, "vf": {"BOOTVF", "RTT"},
             "hotplug": {"ATTACH", "FIRSTATTACH", "DETACH", "ATTACHHP", "FIRSTATTACHHP", "DETACHHP", "ATTACHPF",
                         "FIRSTATTACHPF", "DETACHPF"}, "reconf": set(),
-            "multi": set()}
+            "modes": set()}
 # Which timeline breaks which figure down.
 PHASES_OF = {"BOOT": "boot", "BOOTHP": "boothp", "BOOTELF": "bootelf", "BOOTELFHP": "bootelfhp", "BOOTPF": "bootpf",
              "ATTACH": "attach", "DETACH": "detach", "ATTACHHP": "attachhp", "DETACHHP": "detachhp",
@@ -94,20 +94,21 @@ if section in ("all", "reconf"):
             print(f"{label:30s} baseline runs={b} median={median(b):.0f}")
             if v:
                 print(f"{label:30s} ratio vfvmm/baseline = {median(v) / max(median(b), 1):.2f}")
-# vfctl reconfigure of two VMs (2 -> 4 VFs): pause vs detach mode.
-if section in ("all", "multi"):
-    for kind, label in (("MULTI_PAUSE", "2 VMs, reconfigure --mode pause (ms)"),
-                        ("MULTI_DETACH", "2 VMs, reconfigure --mode detach (ms)"),
-                        ("MULTI_PAUSE_DOWN", "  pause: a VM's downtime (ms)"),
-                        ("MULTI_DETACH_DOWN", "  detach: a VM's downtime (ms)")):
-        vals = runs.get((kind, "vfvmm"))
-        print(f"{label:38s} runs={vals} median={median(vals):.0f}" if vals else f"{label:38s} no runs")
-    for total, label in (("MULTI_PAUSE", "total"), ("MULTI_PAUSE_DOWN", "downtime")):
-        p, d = runs.get((total, "vfvmm")), runs.get((total.replace("PAUSE", "DETACH"), "vfvmm"))
-        if p and d:
-            print(f"{'2 VMs, ' + label:38s} ratio pause/detach = {median(p) / median(d):.2f}")
-        else:
+# vfctl reconfigure of two VMs (2 -> 0 -> 4 VFs): live, pause and detach mode.
+if section in ("all", "modes"):
+    print(f"\n{'2 VMs, 2 -> 0 -> 4 VFs (median ms)':38s} {'live':>8s} {'pause':>8s} {'detach':>8s} {'live/detach':>12s}")
+    for suffix, label in (("", "vfctl reconfigure, total"), ("_DOWN", "a VM's longest ping gap"),
+                          ("_HB", "a VM's longest heartbeat gap")):
+        meds = {m: median(runs.get((f"MULTI_{m}{suffix}", "vfvmm"), [])) for m in ("LIVE", "PAUSE", "DETACH")}
+        if any(v is None for v in meds.values()):
             missing = True
+        cell = {m: "-" if v is None else f"{v:.0f}" for m, v in meds.items()}
+        ratio = f"{meds['LIVE'] / meds['DETACH']:.2f}" if meds["LIVE"] and meds["DETACH"] else "-"
+        print(f"{label:38s} {cell['LIVE']:>8s} {cell['PAUSE']:>8s} {cell['DETACH']:>8s} {ratio:>12s}")
+    for m in ("LIVE", "PAUSE", "DETACH"):
+        for suffix in ("", "_DOWN", "_HB"):
+            vals = runs.get((f"MULTI_{m}{suffix}", "vfvmm"))
+            print(f"  MULTI_{m}{suffix:6s} runs={vals}")
 
 for kind, label in LABELS.items():
     if kind not in only:

@@ -66,6 +66,23 @@ fn a_live_reconfigure_never_stops_the_vcpus_and_traffic_comes_back_by_itself() {
 
 #[test]
 #[ignore = "nested testbed: run by make test"]
+fn the_event_stream_tells_an_orchestrator_what_happened() {
+    // In order: the device was added, the VM booted, the guest attached it, released live, the guest
+    // told, the device acquired again, the guest's reset done and the function re-enabled.
+    let events = fact("live_events_a");
+    let want = ["added", "booted", "attached", "live-released", "error-signalled", "acquired", "reset", "recovered"];
+    let mut at = 0;
+    for w in want {
+        let pos = events[at..].find(w).unwrap_or_else(|| panic!("no '{w}' after position {at} in: {events}"));
+        at += pos + w.len();
+    }
+    let never = fact("never_events_a");
+    assert!(never.contains("given-up(not_back_within_10_s_of_its_live_release)"), "{never}");
+    assert!(never.contains("paused") && never.contains("resumed"), "{never}");
+}
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
 fn bad_live_requests_are_refused_and_change_nothing() {
     let bad = suite().file("live.txt");
     let find = |p: &str| {

@@ -135,6 +135,7 @@ fn register(config: &VmConfig) -> Result<Option<api::host::registry::Registratio
         pid,
         socket,
         started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        events: process::events::path().map(std::path::Path::to_path_buf),
     };
     Ok(Some(api::host::registry::register(&config.run_dir, &record)?))
 }

@@ -240,6 +240,7 @@ impl Vm {
             }
         }
         let vcpu_set = Arc::new(VcpuSet::new(shared.clone(), handles));
+        crate::process::events::emit("vm", "booted", serde_json::json!({ "vcpus": self.config.cpus }));
         if let Some(rx) = api {
             let handler = ApiHandler::new(rx, vcpu_set.clone(), exit.clone(), self.config_json(), self.hotplug.clone());
             manager.add_subscriber(Arc::new(Mutex::new(handler)));
@@ -270,7 +271,15 @@ impl Vm {
         if let Some(console) = &self.devices.console {
             console.wait(CONSOLE_DRAIN_AT_EXIT);
         }
-        Ok(exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into())))
+        let reason = exit.reason().unwrap_or_else(|| GuestExit::Failed("the VM stopped for no recorded reason".into()));
+        crate::process::events::emit("vm", "shutdown", serde_json::json!({ "reason": format!("{reason:?}") }));
+        if crate::process::events::dropped() > 0 {
+            log::warn!(
+                "{} event lines dropped (the event monitor's reader did not keep up)",
+                crate::process::events::dropped()
+            );
+        }
+        Ok(reason)
     }
 }
 

@@ -44,6 +44,10 @@ fn bad_input_gets_one_clear_line() {
         (vec!["--kernel", k, "--eject-timeout", "18446744073709551615"], "--eject-timeout"),
         (vec!["--kernel", k, "--eject-timeout", "0"], "--eject-timeout"),
         (vec!["--kernel", k, "--reacquire-timeout", "86401"], "--reacquire-timeout"),
+        (vec!["--kernel", k, "--event-monitor", "file=/tmp/x"], "--event-monitor: 'file=/tmp/x'"),
+        (vec!["--kernel", k, "--event-monitor", "fd=1"], "fd=1 is not a descriptor above 2"),
+        (vec!["--kernel", k, "--event-monitor", "fd=77"], "--event-monitor fd=77: Bad file descriptor"),
+        (vec!["--kernel", k, "--event-monitor", "path=/nonexistent/dir/ev"], "--event-monitor /nonexistent/dir/ev"),
     ];
     for (args, needle) in cases {
         let (code, stdout, stderr) = run(&args);

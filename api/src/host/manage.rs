@@ -195,7 +195,7 @@ mod tests {
         ]});
         let devices = parse_devices(&info);
         assert_eq!(devices.len(), 3);
-        let record = VmRecord { name: "vm1".into(), pid: 1, socket: "/x".into(), started: 0 };
+        let record = VmRecord { name: "vm1".into(), pid: 1, socket: "/x".into(), started: 0, events: None };
         let h = holders(&[VmView { record, state: Ok("Running".into()), devices }]);
         let held: Vec<_> = h.iter().map(|(p, v)| format!("{} {v}", p.display())).collect();
         assert_eq!(held, ["/nonexistent/a vm1/vf0", "/nonexistent/c vm1/vf2"]);

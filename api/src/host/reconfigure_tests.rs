@@ -33,7 +33,13 @@ fn views(names: &[&str]) -> Vec<VmView> {
     names
         .iter()
         .map(|n| VmView {
-            record: VmRecord { name: n.to_string(), pid: 1, socket: format!("/run/{n}.sock").into(), started: 0 },
+            record: VmRecord {
+                name: n.to_string(),
+                pid: 1,
+                socket: format!("/run/{n}.sock").into(),
+                started: 0,
+                events: None,
+            },
             state: Ok("Running".into()),
             devices: vec![VmDevice {
                 id: "vf0".into(),

@@ -37,6 +37,9 @@ pub struct VmRecord {
     pub socket: PathBuf,
     /// Seconds since the Unix epoch.
     pub started: u64,
+    /// The VM's event file (`--event-monitor path=`), for `vfctl events`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<PathBuf>,
 }
 
 pub fn validate_name(name: &str) -> Result<(), RegistryError> {
@@ -172,7 +175,7 @@ mod tests {
     }
 
     fn record(name: &str, pid: u32) -> VmRecord {
-        VmRecord { name: name.into(), pid, socket: format!("/run/{name}.sock").into(), started: 1 }
+        VmRecord { name: name.into(), pid, socket: format!("/run/{name}.sock").into(), started: 1, events: None }
     }
 
     #[test]

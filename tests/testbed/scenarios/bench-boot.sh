@@ -70,11 +70,12 @@ qemu_cmd() {
         -serial stdio -bios /usr/share/qemu/qboot.rom -kernel "$TESTBED_CACHE/vmlinuz" -initrd "$TESTBED_CACHE/l2.cpio.gz" "${memory[@]}"
 }
 
-# BENCH_ONLY=boot|vf|reconf|multi|hotplug runs one section.
+# BENCH_ONLY=boot|vf|reconf|modes|hotplug runs one section ("multi": the old name of modes).
+[[ ${BENCH_ONLY:-} == multi ]] && BENCH_ONLY=modes
 section() { [[ ${BENCH_ONLY:-all} == all || ${BENCH_ONLY:-all} == "$1" ]]; }
 # Progress for bench.sh on L0: "L1-BENCH-SECTION NAME K N rounds=R" as a section starts and
 # "L1-BENCH-ROUND NAME R ROUNDS" as one of its rounds ends (its figure lines came before).
-SECTIONS=(boot vf reconf multi hotplug)
+SECTIONS=(boot vf reconf modes hotplug)
 [[ ${BENCH_ONLY:-all} == all ]] || SECTIONS=("$BENCH_ONLY")
 bench_section() {
     local i
@@ -216,14 +217,17 @@ if section reconf; then
         vmm_wait rc-base
     fi
 fi
-# Reconfigure two VMs holding VF0 and VF1 with vfctl (2 -> 0 -> 4 VFs), pause vs detach mode:
-#   MULTI_PAUSE / MULTI_DETACH   vfctl reconfigure's total time
-#   MULTI_PAUSE_DOWN / MULTI_DETACH_DOWN   each VM's downtime: the longest gap between replies
-#                to a ping L1 sends it every 0.1 s, until it answers again (detach mode: the
-#                re-attached VF's netdev is new, so the guest configures its address again:
-#                the script does that as soon as the guest's igbvf is bound)
-if section multi; then
-    bench_section multi "$ROUNDS"
+# Reconfigure two VMs holding VF0 and VF1 with vfctl (2 -> 0 -> 4 VFs) in each mode: live (the
+# VMs run, their drivers wait through PCIe error recovery), pause and detach:
+#   MULTI_LIVE / MULTI_PAUSE / MULTI_DETACH   vfctl reconfigure's total time
+#   MULTI_<MODE>_DOWN   each VM's longest gap between replies to a ping L1 sends it every 0.1 s,
+#                until it answers again (detach mode: the re-attached VF's netdev is new, so the
+#                guest configures its address again: the script does that as soon as the
+#                guest's igbvf is bound)
+#   MULTI_<MODE>_HB     each VM's longest gap between its heartbeat lines (one every 100 ms,
+#                timestamped on L1): a stopped vCPU shows as a gap as long as the change
+if section modes; then
+    bench_section modes "$ROUNDS"
     PF=0000:01:00.0
     VF1=0000:01:10.2
     vf_setup "$VF0" "$VF1"
@@ -232,9 +236,15 @@ if section multi; then
         [[ $vm == mb ]] && vf=$VF1 ip=11
         # shellcheck disable=SC2046
         vmm_start "$vm" 1800 -- $(vfvmm_cmd) --name "$vm" --api-socket "path=/tmp/bench-$vm.sock" \
-            --device "path=/sys/bus/pci/devices/$vf,id=vf0" --cmdline "$APPEND l2.vf=1 l2.ip=192.0.2.$ip l2.action=shell"
+            --reacquire-timeout 30 --device "path=/sys/bus/pci/devices/$vf,id=vf0" \
+            --cmdline "$APPEND l2.vf=1 l2.heartbeat=1 l2.ip=192.0.2.$ip l2.action=shell"
         wait_for_marker "$vm" "L2-ACTION shell" 600
     done
+    # hb_gap VM FROM_NS TO_NS: the longest gap (ms) between VM's heartbeat lines in the window.
+    hb_gap() {
+        awk -v a="$2" -v b="$3" '$2 == "L2-HB" && $1 >= a && $1 <= b { if (last && $1 - last > g) g = $1 - last; last = $1 }
+            END { if (b - last > g) g = b - last; printf "%d\n", g / 1e6 }' "$RESULTS/$1.markers"
+    }
     PINGERS=()
     pingers() {  # pingers start|stop TAG
         if [[ $1 == start ]]; then
@@ -273,20 +283,23 @@ if section multi; then
         done
     }
     for ((round = 1; round <= ROUNDS; round++)); do
-        for mode in pause detach; do
+        for mode in live pause detach; do
             # igbvf does not reset twice within 10 s: the previous (unmeasured) change would
             # otherwise hold the guests' recovery back.
             sleep 11
             pingers start "$mode-$round"
-            t0=$(ms_now)
+            t0=$(ms_now) t0n=$(now_ns)
             if "$VFCTL" reconfigure "$PF" --num-vfs 4 --mode "$mode" > "$RESULTS/multi-$mode-$round.txt" 2>&1; then
-                t1=$(ms_now)
+                t1=$(ms_now) t1n=$(now_ns)
                 [[ $mode == detach ]] && guest_readdress
                 pingers stop
                 KIND=MULTI_${mode^^}
                 echo "$KIND vfvmm $round $((t1 - t0))" | tee -a "$out"
                 for ip in 10 11; do
                     echo "${KIND}_DOWN vfvmm $round $(longest_gap "$RESULTS/ping-$mode-$round-$ip.txt")" | tee -a "$out"
+                done
+                for vm in ma mb; do
+                    echo "${KIND}_HB vfvmm $round $(hb_gap "$vm" "$t0n" "$((t1n + 2000000000))")" | tee -a "$out"
                 done
             else
                 pingers stop
@@ -296,7 +309,7 @@ if section multi; then
             "$VFCTL" reconfigure "$PF" --num-vfs 2 --mode pause > "$RESULTS/multi-back-$mode-$round.txt" 2>&1
             pingers stop
         done
-        bench_round multi "$round" "$ROUNDS"
+        bench_round modes "$round" "$ROUNDS"
     done
     for vm in ma mb; do "$VFCTL" --vm "$vm" shutdown-vmm > /dev/null 2>&1; vmm_wait "$vm"; done
 fi

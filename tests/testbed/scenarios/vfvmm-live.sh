@@ -29,7 +29,8 @@ vm_start() {  # vm_start NAME IP [vfvmm args]
     shift 2
     RUST_LOG=info vmm_start "$name" 1800 -- "$VFVMM" --kernel "$TESTBED_CACHE/vmlinuz" \
         --initramfs "$TESTBED_CACHE/l2.cpio.gz" --memory size=256M --cpus boot=1 \
-        --name "$name" --api-socket "path=/run/live-$name.sock" --reacquire-timeout 10 "$@" \
+        --name "$name" --api-socket "path=/run/live-$name.sock" --reacquire-timeout 10 \
+        --event-monitor "path=/run/live-$name.events" "$@" \
         --cmdline "console=ttyS0 panic=-1 quiet l2.vf=1 l2.nvme=1 l2.heartbeat=1 l2.ip=$ip l2.action=shell"
     wait_for_marker "$name" "L2-ACTION shell" 600
 }
@@ -93,6 +94,14 @@ for vm in a b; do
     fact "live_info_$vm $("$VFCTL" --vm $vm --json info | python3 -c 'import json,sys; d=json.load(sys.stdin); x=d["devices"][0]; print(d["state"], x["binding"].replace(" ", "_"), x["recovery"]["last"]["cause"].replace(" ", "_"), x["recovery"]["last"]["reenabled_after_ms"])')"
 done
 guest_cmd a 30 "dmesg | grep -iE 'aer|igbvf|not ready' | tail -n 20 | sed 's/^/L2-KLOG /'" >&2
+# The event stream an orchestrator follows (vfctl events): VM a's device events so far.
+device_events() {
+    "$VFCTL" --vm "$1" events --no-follow | python3 -c '
+import json, sys
+print(" ".join(e["event"] + ("(" + e["properties"]["reason"].replace(" ", "_") + ")" if (e.get("properties") or {}).get("reason") else "")
+               for e in map(json.loads, sys.stdin) if e["source"] == "device" or e["event"] in ("booted", "paused", "resumed")))'
+}
+fact "live_events_a $(device_events a)"
 
 # --- detach mode, for comparison: 4 -> 0 -> 4 (the re-attached VFs' netdevs get their
 # addresses again, as an operator's network setup would) ---
@@ -136,6 +145,7 @@ fact "never_after $("$VFCTL" --vm a --json info | python3 -c 'import json,sys; d
 fact "never_ping $(guest_cmd a 60 "/init vf-wait-ping $GBDF 30" | grep '^VFWAIT')"
 vfvmm_alive() { vmm_running "$1" && echo 1 || echo 0; }
 fact "never_vmm alive=$(vfvmm_alive a)"
+fact "never_events_a $(device_events a)"
 
 # --- NVMe: a live reconfigure with the storage writer running ---
 NPF=

@@ -22,5 +22,9 @@ fn main() {
         }
     };
     let (kernel, config) = cli.validate().unwrap_or_else(|e| fail(e));
+    if let Some(target) = cli.event_monitor.as_deref() {
+        let target = vmm::process::events::parse(target).unwrap_or_else(|e| fail(e));
+        vmm::process::events::init(&target, std::time::Instant::now()).unwrap_or_else(|e| fail(e));
+    }
     vmm::exit_with(vmm::run_linux(&kernel, &config))
 }

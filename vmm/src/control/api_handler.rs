@@ -72,6 +72,7 @@ impl ApiHandler {
                     if let Ok(mut h) = self.hotplug.lock() {
                         h.pause_devices();
                     }
+                    crate::process::events::emit("vm", "paused", serde_json::Value::Null);
                     Response::no_content()
                 }
                 Err(e) => Self::wrong_state(e),
@@ -85,7 +86,10 @@ impl ApiHandler {
                     h.resume_devices();
                 }
                 match self.vcpus.resume() {
-                    Ok(()) => Response::no_content(),
+                    Ok(()) => {
+                        crate::process::events::emit("vm", "resumed", serde_json::Value::Null);
+                        Response::no_content()
+                    }
                     Err(e) => Self::wrong_state(e),
                 }
             }

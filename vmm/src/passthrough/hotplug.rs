@@ -159,6 +159,11 @@ impl Hotplug {
     fn plug(&mut self, host: HostDevice) -> Result<u8, VfioError> {
         let request = EventFd::new(libc::EFD_NONBLOCK).ok();
         let slot = self.host.plug(host.clone(), request.as_ref())?;
+        crate::process::events::device(
+            "added",
+            &host.id,
+            serde_json::json!({ "path": host.path, "bdf": format!("0000:00:{slot:02x}.0") }),
+        );
         let kept = request.as_ref().and_then(|fd| fd.try_clone().ok());
         let host_error = EventFd::new(libc::EFD_NONBLOCK).ok().filter(|fd| match self.host.arm_host_errors(slot, fd) {
             Ok(()) => true,
@@ -369,6 +374,7 @@ impl Hotplug {
             .ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
         let (next, action) = transition(entry.state, AttachEvent::RemoveRequested)
             .map_err(|e| ApiError::refused(Refusal::Conflict, e.to_string()))?;
+        crate::process::events::device("removing", id, serde_json::json!({ "state": next.to_string() }));
         entry.state = next;
         if action == AttachAction::NotifyEject {
             let mut timeline = Timeline::starting_now();
@@ -398,6 +404,7 @@ impl Hotplug {
                     }
                     let ejected = self.host.milestones(slot).into_iter().find(|(n, _)| *n == names::GUEST_EJECTED);
                     let Some(entry) = self.entries.get_mut(&id) else { continue };
+                    crate::process::events::device("removed", &id, serde_json::json!({ "path": entry.host.path }));
                     entry.state = next;
                     entry.eject_deadline = None;
                     // A detached device keeps only its history: no fd.
@@ -462,6 +469,11 @@ impl Hotplug {
                 _ => None,
             };
             if let Some(Ok((next, _))) = event.map(|e| transition(entry.state, e)) {
+                crate::process::events::device(
+                    if next == AttachState::Attached { "attached" } else { "eject-timed-out" },
+                    &entry.host.id,
+                    serde_json::json!({ "state": next.to_string() }),
+                );
                 entry.state = next;
             }
         }

@@ -13,6 +13,20 @@ use crate::passthrough::binding::{transition, BindingAction, BindingEvent, Bindi
 use crate::passthrough::hotplug::{refusal, Hotplug};
 use crate::passthrough::vfio::{HostDevice, ReacquireError};
 use crate::platform::config::DeviceConfig;
+use crate::process::events;
+
+/// A binding event's name in the event stream, and its reason if it has one.
+fn event_name(event: &BindingEvent) -> (&'static str, Option<String>) {
+    match event {
+        BindingEvent::Quiesce => ("quiesced", None),
+        BindingEvent::Unquiesce => ("unquiesced", None),
+        BindingEvent::Release => ("released", None),
+        BindingEvent::Acquired => ("acquired", None),
+        BindingEvent::AcquireFailed(r) => ("acquire-failed", Some(r.clone())),
+        BindingEvent::LiveRelease => ("live-released", None),
+        BindingEvent::GiveUp(r) => ("given-up", Some(r.clone())),
+    }
+}
 
 /// The host-error eventfd of a device's entry, to re-arm on a new binding.
 fn entry_error_fd(entry: Option<&crate::passthrough::hotplug::Entry>) -> Option<vmm_sys_util::eventfd::EventFd> {
@@ -33,8 +47,10 @@ impl Hotplug {
             .entries
             .get_mut(id)
             .ok_or_else(|| ApiError::refused(Refusal::NotFound, format!("no device '{id}'")))?;
+        let (name, reason) = event_name(&event);
         let (next, action) = transition(&entry.binding, event)
             .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
+        events::device(name, id, serde_json::json!({ "binding": next.to_string(), "reason": reason }));
         entry.binding = next;
         let slot = entry.slot;
         match action {
@@ -70,15 +86,23 @@ impl Hotplug {
             if let Some((severity, reported)) = done.reported {
                 let cause = done.cause.unwrap_or("?");
                 log::info!("{id}: {cause}: {severity:?} uncorrectable error reported to the guest's RCEC: {reported}");
+                events::device(
+                    "error-signalled",
+                    &id,
+                    serde_json::json!({ "cause": cause, "severity": format!("{severity:?}"),
+                                        "interrupt": reported.raised(), "detail": reported.to_string() }),
+                );
             }
             // The guest can ask for resets (and re-enable its function) at will: rate-limited.
             if let Some(ms) = done.reset_ms {
                 devices::info_guest!("{id}: function level reset asked by the guest, done through VFIO in {ms} ms");
+                events::device("reset", &id, serde_json::json!({ "ms": ms }));
             }
             if let Some(ms) = done.reenabled_ms {
                 devices::info_guest!(
                     "{id}: recovered: the guest's driver re-enabled the function {ms} ms after the error"
                 );
+                events::device("recovered", &id, serde_json::json!({ "after_error_ms": ms }));
             }
         }
     }
@@ -107,6 +131,7 @@ impl Hotplug {
         let (next, _) = transition(&entry.binding, BindingEvent::Release)
             .map_err(|e| ApiError::refused(Refusal::Conflict, format!("{id}: {e}")))?;
         self.host.release(slot).map_err(|e| ApiError::refused(Refusal::Internal, format!("{id}: {e}")))?;
+        events::device("released", id, serde_json::json!({ "binding": next.to_string() }));
         if let Some(entry) = self.entries.get_mut(id) {
             entry.binding = next;
         }
@@ -142,6 +167,11 @@ impl Hotplug {
             return Err(ApiError::refused(Refusal::Internal, format!("{id}: {e}")));
         }
         let bound = self.live_reacquire_bound();
+        events::device(
+            "live-released",
+            id,
+            serde_json::json!({ "binding": next.to_string(), "guest_told": told, "bound_secs": bound.as_secs() }),
+        );
         if let Some(entry) = self.entries.get_mut(id) {
             entry.binding = next;
             entry.live_deadline = Some(Instant::now() + bound);

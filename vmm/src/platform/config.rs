@@ -106,6 +106,10 @@ pub struct Cli {
     /// and lets it through) or false.
     #[arg(long, value_name = "true|false|log", default_value = "true", value_parser = ["true", "false", "log"])]
     pub seccomp: String,
+    /// Lifecycle events as JSON lines (VM state, device attach/detach, release/acquire,
+    /// recoveries) to a file (appended to) or an inherited descriptor: path=FILE or fd=N.
+    #[arg(long = "event-monitor", value_name = "path=FILE|fd=N")]
+    pub event_monitor: Option<String>,
     /// Where running VMs register themselves for vfctl (created with mode 0700).
     #[arg(long = "run-dir", value_name = "DIR", default_value = api::host::registry::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,

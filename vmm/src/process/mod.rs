@@ -1,6 +1,7 @@
 //! The process around the VM: per-thread seccomp filters (and the ioctl requests each
-//! thread may make), and a log that never blocks a thread.
+//! thread may make), a log that never blocks a thread, and the lifecycle event stream.
 
+pub mod events;
 pub mod logging;
 pub mod seccomp;
 mod seccomp_ioctls;

@@ -366,3 +366,33 @@ pub fn reconfigure(ctx: &Context, args: &ReconfigureArgs) {
         });
     }
 }
+
+/// Prints VM `name`'s event file and, with `follow`, what is appended to it until the VM exits.
+pub fn events(ctx: &Context, name: &str, follow: bool) {
+    use std::io::{Read, Write};
+    let record = ok(registry::find(&ctx.run_dir, name));
+    let Some(path) = record.events.clone() else {
+        fail(format!("VM '{name}' has no event file (start it with --event-monitor path=FILE)"))
+    };
+    let mut file = ok(std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display())));
+    let mut out = std::io::stdout();
+    let mut chunk = Vec::new();
+    loop {
+        chunk.clear();
+        ok(file.read_to_end(&mut chunk).map_err(|e| format!("{}: {e}", path.display())));
+        if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+            return; // the reader went away
+        }
+        if !follow {
+            return;
+        }
+        if !registry::pid_alive(record.pid) {
+            // The VM is gone: whatever it wrote last, then stop.
+            chunk.clear();
+            let _ = file.read_to_end(&mut chunk);
+            let _ = out.write_all(&chunk);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -117,6 +117,12 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// The VM's lifecycle events (vfvmm --event-monitor path=FILE), one JSON object per line;
+    /// follows them until the VM exits unless --no-follow.
+    Events {
+        #[arg(long = "no-follow")]
+        no_follow: bool,
+    },
     /// ACPI power button: the guest powers off.
     Shutdown,
     /// Stop the VMM now.
@@ -206,6 +212,7 @@ fn api_call(command: &Command) -> Option<(&'static str, &'static str, Option<Str
         | Command::Pf(_)
         | Command::Attach { .. }
         | Command::Detach { .. }
+        | Command::Events { .. }
         | Command::Reconfigure { .. } => return None,
         Command::Ping => ("GET", "vmm.ping", None),
         Command::Info => ("GET", "vm.info", None),
@@ -248,6 +255,10 @@ fn main() {
         Command::Pf(c) => return host::pf(&ctx, c),
         Command::Attach { vm, pf, vf, id } => return host::attach(&ctx, vm, pf, *vf, id.as_deref()),
         Command::Detach { vm, id, timeout } => return host::detach(&ctx, vm, id, *timeout),
+        Command::Events { no_follow } => {
+            let name = cli.vm.as_deref().unwrap_or_else(|| fail("events: give --vm NAME"));
+            return host::events(&ctx, name, !no_follow);
+        }
         Command::Reconfigure { pf, num_vfs, mode, dry_run, allow_detach, eject_timeout, bind_timeout } => {
             let args = host::ReconfigureArgs {
                 pf: pf.clone(),

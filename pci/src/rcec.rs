@@ -208,6 +208,12 @@ impl Rcec {
         }
     }
 
+    /// The MSI routes the RCEC holds (its one GSI, once the guest enabled its MSI): platform
+    /// resources, not passthrough ones.
+    pub fn msi_routes(&self) -> usize {
+        usize::from(self.gsi.is_some())
+    }
+
     /// AER interrupts raised so far.
     pub fn interrupts_raised(&self) -> u64 {
         self.interrupts

@@ -276,6 +276,9 @@ impl DeviceHost for KvmDeviceHost {
     }
 
     fn usage(&self) -> (usize, usize) {
-        self.platform.usage()
+        // The RCEC's MSI route is the platform's: it stays when every device has gone.
+        let (routes, slots) = self.platform.usage();
+        let rcec = self.rcec.lock().map(|r| r.msi_routes()).unwrap_or(0);
+        (routes.saturating_sub(rcec), slots)
     }
 }

@@ -26,6 +26,8 @@
 #   marker_ms NAME MARKER                   ms from NAME.start to the first MARKER line
 #   check NAME CONDITION...                 run CONDITION; log "CHECK NAME PASS|FAIL"; count failures
 #   fact KEY VALUE...                       append a result line to $OUT (a scenario's facts file)
+#   one_line                                a filter: its input on one line, blanks squeezed
+#   vfctl_rc KEY ARGS...                    run vfctl ARGS; fact "KEY rc=N <its output on one line>"
 # Sets REPO, VFVMM (target/release/vfvmm unless given) and VFCTL (beside it).
 # Stragglers are killed on exit (trap tb_cleanup EXIT; call tb_cleanup yourself if you replace it).
 
@@ -50,6 +52,13 @@ tb_log() { printf 'testbed: %s\n' "$*" >&2; }
 # echoed as "L1-FACT ..." on the console.
 fact() { echo "$*" >> "${OUT:?set OUT to the facts file}"; echo "L1-FACT $*"; }
 now_ns() { local t=$EPOCHREALTIME; printf '%s000\n' "${t/./}"; }
+one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
+vfctl_rc() {
+    local out rc=0
+    out=$("$VFCTL" "${@:2}" 2>&1) || rc=$?
+    echo "$out" | sed "s/^/[$1] /" >&2
+    fact "$1 rc=$rc $(echo "$out" | one_line)"
+}
 
 # _vmm_reader NAME: console (stdin) -> NAME.log, NAME.markers, and stderr if TESTBED_ECHO=1.
 _vmm_reader() {

@@ -246,8 +246,8 @@ pub fn execute(plan: &Plan, ops: &mut dyn Operations, on_step: &mut dyn FnMut(&S
     if failed.is_none() {
         let result = match plan.mode {
             Mode::Pause => by_pause(plan, &mut run, &mut outcomes),
-            Mode::Detach => by_detach(plan, &mut run, &mut outcomes),
-            Mode::Live => by_live(plan, &mut run, &mut outcomes),
+            Mode::Detach => while_running(plan, &mut run, &mut outcomes, &DETACH),
+            Mode::Live => while_running(plan, &mut run, &mut outcomes, &LIVE),
         };
         if let Err((e, rb)) = result {
             failed = Some(e);
@@ -357,18 +357,58 @@ fn by_pause(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (
     }
 }
 
-/// Detach mode. On failure: `(reason, rolled back)`.
-fn by_detach(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (String, bool)> {
-    let mut detached: Vec<(&Held, Instant)> = Vec::new();
+/// How a mode whose VMs keep running takes a device away and gives it back.
+struct RunningMode {
+    /// Step names: `take` with the device's id and VF index, `give` with id, index, address.
+    take: fn(&Held) -> String,
+    give: fn(&Held, &str) -> String,
+    take_op: fn(&mut dyn Operations, &Held) -> Result<(), String>,
+    give_op: fn(&mut dyn Operations, &Held, &str) -> Result<(), String>,
+    /// What happens to a device taken away, and what one that could not be stays.
+    taken: &'static str,
+    stays: &'static str,
+    /// Whether a device given back is checked to be bound (and reported still released if not).
+    live: bool,
+}
+
+const DETACH: RunningMode = RunningMode {
+    take: |h| format!("{}: hot-detach {} (VF {})", h.vm, h.id, h.index),
+    give: |h, a| format!("{}: hot-attach {} at VF {} ({a})", h.vm, h.id, h.index),
+    take_op: |ops, h| ops.detach(&h.vm, &h.id),
+    give_op: |ops, h, a| ops.attach(&h.vm, &h.id, a),
+    taken: "detached",
+    stays: "attached",
+    live: false,
+};
+
+const LIVE: RunningMode = RunningMode {
+    take: |h| format!("{}: live release {} (VF {})", h.vm, h.id, h.index),
+    give: |h, a| format!("{}: acquire {} at VF {} ({a}), VM running", h.vm, h.id, h.index),
+    take_op: |ops, h| ops.live_release(&h.vm, &h.id),
+    give_op: |ops, h, a| ops.acquire(&h.vm, &h.id, a),
+    taken: "released",
+    stays: "bound",
+    live: true,
+};
+
+/// Detach and live mode: each kept device taken away while its VM runs, the count changed,
+/// each given back at its VF index. On failure: `(reason, rolled back)`.
+fn while_running(
+    plan: &Plan,
+    run: &mut Run,
+    outcomes: &mut Outcomes,
+    mode: &RunningMode,
+) -> Result<(), (String, bool)> {
+    let mut taken: Vec<(&Held, Instant)> = Vec::new();
     let mut failure = None;
     for h in plan.kept() {
         let t = Instant::now();
-        match run.step(format!("{}: hot-detach {} (VF {})", h.vm, h.id, h.index), |ops| ops.detach(&h.vm, &h.id)) {
-            Ok(()) => detached.push((h, t)),
+        match run.step((mode.take)(h), |ops| (mode.take_op)(ops, h)) {
+            Ok(()) => taken.push((h, t)),
             Err(e) => {
                 let o = entry(outcomes, &h.vm);
                 o.ok = false;
-                o.note = format!("{} was not detached ({e}); it stays attached", h.id);
+                o.note = format!("{} was not {} ({e}); it stays {}", h.id, mode.taken, mode.stays);
                 failure = Some(format!("{}/{}: {e}", h.vm, h.id));
                 break;
             }
@@ -379,73 +419,33 @@ fn by_detach(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), 
     if failure.is_none() {
         (addresses, failure) = change_count(plan, run);
     }
-    for (h, detached_at) in detached {
+    for (h, taken_at) in taken {
         let address = addresses.get(h.index as usize).cloned().unwrap_or_else(|| h.address.clone());
-        let what = format!("{}: hot-attach {} at VF {} ({address})", h.vm, h.id, h.index);
-        let result = run.step(what, |ops| ops.attach(&h.vm, &h.id, &address));
-        let o = entry(outcomes, &h.vm);
-        match result {
-            Ok(()) => {
-                o.devices.push(format!("{} -> {address}", h.id));
-                let ms = detached_at.elapsed().as_millis() as u64;
-                o.downtime_ms = Some(o.downtime_ms.map_or(ms, |d| d.max(ms)));
-            }
-            Err(e) => {
-                o.ok = false;
-                o.devices.push(format!("{} NOT re-attached: {e}", h.id));
-            }
-        }
-    }
-    match failure {
-        None => Ok(()),
-        Some(e) => Err((e, true)),
-    }
-}
-
-/// Live mode. On failure: `(reason, rolled back)`.
-fn by_live(plan: &Plan, run: &mut Run, outcomes: &mut Outcomes) -> Result<(), (String, bool)> {
-    let mut released: Vec<(&Held, Instant)> = Vec::new();
-    let mut failure = None;
-    for h in plan.kept() {
-        let t = Instant::now();
-        let what = format!("{}: live release {} (VF {})", h.vm, h.id, h.index);
-        match run.step(what, |ops| ops.live_release(&h.vm, &h.id)) {
-            Ok(()) => released.push((h, t)),
-            Err(e) => {
-                let o = entry(outcomes, &h.vm);
-                o.ok = false;
-                o.note = format!("{} was not released ({e}); it stays bound", h.id);
-                failure = Some(format!("{}/{}: {e}", h.vm, h.id));
-                break;
-            }
-        }
-    }
-    // The new VFs by index; after a failure, the VFs as they were.
-    let mut addresses: Vec<String> = Vec::new();
-    if failure.is_none() {
-        (addresses, failure) = change_count(plan, run);
-    }
-    for (h, released_at) in released {
-        let address = addresses.get(h.index as usize).cloned().unwrap_or_else(|| h.address.clone());
-        let what = format!("{}: acquire {} at VF {} ({address}), VM running", h.vm, h.id, h.index);
-        let result = run.step(what, |ops| ops.acquire(&h.vm, &h.id, &address));
-        let state = result.as_ref().ok().map(|_| run.ops.binding(&h.vm, &h.id).unwrap_or_else(|e| e));
+        let result = run.step((mode.give)(h, &address), |ops| (mode.give_op)(ops, h, &address));
+        let state = match &result {
+            Ok(()) if mode.live => Some(run.ops.binding(&h.vm, &h.id).unwrap_or_else(|e| e)),
+            _ => None,
+        };
         let o = entry(outcomes, &h.vm);
         match (result, state.as_deref()) {
-            (Ok(()), Some("Bound")) => {
+            (Ok(()), None | Some("Bound")) => {
                 o.devices.push(format!("{} -> {address}", h.id));
-                let ms = released_at.elapsed().as_millis() as u64;
+                let ms = taken_at.elapsed().as_millis() as u64;
                 o.downtime_ms = Some(o.downtime_ms.map_or(ms, |d| d.max(ms)));
             }
-            (Ok(()), state) => {
+            (Ok(()), Some(state)) => {
                 o.ok = false;
-                o.devices.push(format!("{} -> {address} is {}", h.id, state.unwrap_or("?")));
+                o.devices.push(format!("{} -> {address} is {state}", h.id));
             }
-            (Err(e), _) => {
+            (Err(e), _) if mode.live => {
                 o.ok = false;
                 o.devices.push(format!("{} not re-acquired: {e}", h.id));
                 o.note =
                     format!("STILL RELEASED: {} (its guest driver waits; the VM gives it up after its bound)", h.id);
+            }
+            (Err(e), _) => {
+                o.ok = false;
+                o.devices.push(format!("{} NOT re-attached: {e}", h.id));
             }
         }
     }

@@ -22,7 +22,6 @@ PF=0000:01:00.0
 OUT=$RESULTS/live.txt
 : > "$OUT"
 GBDF=0000:00:01.0
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 vm_start() {  # vm_start NAME IP [vfvmm args]
     local name=$1 ip=$2
@@ -33,12 +32,6 @@ vm_start() {  # vm_start NAME IP [vfvmm args]
         --event-monitor "path=/run/live-$name.events" "$@" \
         --cmdline "console=ttyS0 panic=-1 quiet l2.vf=1 l2.nvme=1 l2.heartbeat=1 l2.ip=$ip l2.action=shell"
     wait_for_marker "$name" "L2-ACTION shell" 600
-}
-vfctl_rc() {  # vfctl_rc KEY ARGS...: runs vfctl, records rc and output
-    local out rc=0
-    out=$("$VFCTL" "${@:2}" 2>&1) || rc=$?
-    echo "$out" | sed "s/^/[$1] /" >&2
-    fact "$1 rc=$rc $(echo "$out" | one_line)"
 }
 # gap NAME MARKER FROM_NS TO_NS: the longest time (ms) between consecutive MARKER lines of NAME
 # in [FROM, TO], counting the window's edges.

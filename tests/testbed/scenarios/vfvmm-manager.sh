@@ -20,7 +20,6 @@ PF=0000:01:00.0
 PFDIR=/sys/bus/pci/devices/$PF
 OUT=$RESULTS/manager.txt
 : > "$OUT"
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 vm_start() {  # vm_start NAME IP [vfvmm args]: a VM that registers as NAME
     local name=$1 ip=$2
@@ -49,12 +48,6 @@ for v in json.load(sys.stdin):
     devs = " ".join(d["id"] + "=" + d["state"] + "/" + d["binding"].replace(" ", "_") for d in v["devices"])
     out.append(v["name"] + ":" + str(v["state"]) + (" " + devs if devs else ""))
 print("; ".join(out))'
-}
-vfctl_rc() {  # vfctl_rc KEY ARGS...: runs vfctl, records rc and output
-    local out rc=0
-    out=$("$VFCTL" "${@:2}" 2>&1) || rc=$?
-    echo "$out" | sed "s/^/[$1] /" >&2
-    fact "$1 rc=$rc $(echo "$out" | one_line)"
 }
 
 vf_setup 0000:01:10.0 0000:01:10.2

@@ -26,7 +26,6 @@ IPF=0000:01:00.0
 OUT=$RESULTS/nvme.txt
 : > "$OUT"
 BLOCKS=64
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 # The NVMe SR-IOV PF: found by class, like vfctl does.
 NPF=
 for d in /sys/bus/pci/devices/*; do
@@ -35,12 +34,6 @@ done
 NPFDIR=/sys/bus/pci/devices/$NPF
 fact "nvme_pf ${NPF:-none}"
 
-vfctl_rc() {  # vfctl_rc KEY ARGS...: runs vfctl, records rc and output
-    local out rc=0
-    out=$("$VFCTL" "${@:2}" 2>&1) || rc=$?
-    echo "$out" | sed "s/^/[$1] /" >&2
-    fact "$1 rc=$rc $(echo "$out" | one_line)"
-}
 # The PF's secondary controllers as vfctl reports them: "cntlid:vf:online:queues:interrupts ...".
 secondaries() {
     "$VFCTL" --json pf show "$NPF" | python3 -c '

@@ -242,7 +242,8 @@ if section modes; then
     done
     # hb_gap VM FROM_NS TO_NS: the longest gap (ms) between VM's heartbeat lines in the window.
     hb_gap() {
-        awk -v a="$2" -v b="$3" '$2 == "L2-HB" && $1 >= a && $1 <= b { if (last && $1 - last > g) g = $1 - last; last = $1 }
+        # From the window's start: a VM paused at once shows its gap before its first line.
+        awk -v a="$2" -v b="$3" 'BEGIN { last = a } $2 == "L2-HB" && $1 >= a && $1 <= b { if ($1 - last > g) g = $1 - last; last = $1 }
             END { if (b - last > g) g = b - last; printf "%d\n", g / 1e6 }' "$RESULTS/$1.markers"
     }
     PINGERS=()

@@ -130,3 +130,15 @@ fn an_nvme_vf_replaced_under_its_writer_loses_nothing() {
     assert_eq!(field(&fact("nvme_dmesg"), "ioerr"), "0", "{}", fact("nvme_dmesg"));
     assert_eq!(fact("nvme_errors"), "0");
 }
+
+#[test]
+#[ignore = "nested testbed: run by make test"]
+fn live_released_vfs_come_back_by_themselves_when_the_host_binds_them() {
+    assert_eq!(fact("auto_released"), "a=Released_live b=Released_live");
+    let back = fact("auto_back");
+    assert!(back.starts_with("a=Bound b=Bound "), "not re-acquired on the kernel's bind event: {back}");
+    for vm in ["a", "b"] {
+        let ping = fact(&format!("auto_ping_{vm}"));
+        assert!(ping.starts_with("VFWAIT ") && field(&ping, "ok") == "1", "{vm}: {ping}");
+    }
+}

@@ -385,11 +385,22 @@ const LIVE: RunningMode = RunningMode {
     take: |h| format!("{}: live release {} (VF {})", h.vm, h.id, h.index),
     give: |h, a| format!("{}: acquire {} at VF {} ({a}), VM running", h.vm, h.id, h.index),
     take_op: |ops, h| ops.live_release(&h.vm, &h.id),
-    give_op: |ops, h, a| ops.acquire(&h.vm, &h.id, a),
+    give_op: live_acquire,
     taken: "released",
     stays: "bound",
     live: true,
 };
+
+/// A live-released device back at `address`: the VM may have taken it back by itself already
+/// (it re-acquires a device whose function the host binds to vfio-pci at its path, which is the
+/// same VF index), and then its acquire is refused as not released — it is back all the same.
+fn live_acquire(ops: &mut dyn Operations, h: &Held, address: &str) -> Result<(), String> {
+    match ops.acquire(&h.vm, &h.id, address) {
+        Ok(()) => Ok(()),
+        Err(_) if address == h.address && ops.binding(&h.vm, &h.id).as_deref() == Ok("Bound") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Detach and live mode: each kept device taken away while its VM runs, the count changed,
 /// each given back at its VF index. On failure: `(reason, rolled back)`.

@@ -58,6 +58,8 @@ struct FakeOps {
     fail: BTreeSet<String>,
     count: u32,
     not_bound: BTreeSet<String>,
+    /// The re-created VFs keep their addresses (as real SR-IOV VFs do at the same index).
+    same_addresses: bool,
 }
 
 impl FakeOps {
@@ -97,7 +99,8 @@ impl Operations for FakeOps {
         self.op(format!("set_vfs {count}"))?;
         self.count = count;
         // The re-created VFs get other addresses (here: function numbers shifted by one).
-        Ok((0..count).map(|i| format!("0000:01:10.{}", i * 2 + 1)).collect())
+        let shift = u32::from(!self.same_addresses);
+        Ok((0..count).map(|i| format!("0000:01:10.{}", i * 2 + shift)).collect())
     }
     fn binding(&mut self, vm: &str, id: &str) -> Result<String, String> {
         let key = format!("{vm}/{id}");
@@ -263,4 +266,23 @@ fn live_mode_rolls_back_a_failed_count_change_and_reports_a_device_that_stays_re
     assert!(!r.ok);
     assert!(!ops.log.iter().any(|l| l.starts_with("set_vfs")), "{:?}", ops.log);
     assert_eq!(ops.log.last().map(String::as_str), Some("acquire a/vf0 0000:01:10.0"), "a gets its VF back");
+}
+
+#[test]
+fn live_mode_counts_a_device_the_vm_took_back_by_itself_as_back() {
+    // The VM re-acquired vf0 on the host's bind before vfctl asked: its acquire is refused
+    // (not released), its binding is Bound at the same VF: that is success.
+    let p = plan(&pf(1, &[(0, "a/vf0")]), &views(&["a"]), 2, Mode::Live);
+    let mut ops =
+        FakeOps { fail: ["acquire a/vf0 0000:01:10.0".to_string()].into(), same_addresses: true, ..Default::default() };
+    let r = run(&p, &mut ops);
+    assert!(r.ok, "{r:?}");
+    // Refused and not bound: a failure, reported.
+    let mut ops = FakeOps {
+        fail: ["acquire a/vf0 0000:01:10.0".to_string()].into(),
+        same_addresses: true,
+        not_bound: ["a/vf0".to_string()].into(),
+        ..Default::default()
+    };
+    assert!(!run(&p, &mut ops).ok);
 }

@@ -6,6 +6,8 @@
 #              ping gaps per VM (host-timestamped), same netdev and ifindex, no PCI remove/add,
 #              AER recovery in the guest
 #   detach     the same VMs through a detach-mode reconfigure (4 -> 0 -> 4), for comparison
+#   auto       both VFs live-released, re-created by plain sysfs writes and bound to vfio-pci:
+#              each VM re-acquires its VF on the kernel's bind event
 #   nvme       VM n with an NVMe VF and its storage writer through a live reconfigure of the
 #              NVMe PF: writes wait and go on, none lost, no I/O error
 #   never      VM a's VF live-released and not brought back: given up after the VM's bound
@@ -116,6 +118,23 @@ bad release-device vf0 --live
 bad release-device vf0 --live
 "$VFCTL" --vm a resume
 fact "after_bad $(guest_cmd a 60 "/init vf-wait-ping $GBDF 30" | grep '^VFWAIT')"
+
+# --- automatic re-acquire: both VFs live-released, the host re-creates them with plain sysfs
+# writes and binds them to vfio-pci; each VM takes its VF back on the kernel's bind event ---
+# (No python here: it takes most of a second to start in L1, and this polls.)
+binding_of() { "$VFCTL" --vm "$1" --json info | grep -o '"binding": *"[^"]*"' | head -n 1 | sed 's/.*: *"//; s/"$//; s/ /_/g'; }
+for vm in a b; do "$VFCTL" --vm $vm release-device vf0 --live > /dev/null; done
+fact "auto_released a=$(binding_of a) b=$(binding_of b)"
+t0=$(now_ns)
+echo 0 > /sys/bus/pci/devices/$PF/sriov_numvfs
+echo 4 > /sys/bus/pci/devices/$PF/sriov_numvfs
+for vf in 0000:01:10.0 0000:01:10.2; do bind_to $vf vfio-pci > /dev/null; done
+for ((i = 0; i < 150; i++)); do
+    [[ $(binding_of a) == Bound && $(binding_of b) == Bound ]] && break
+    sleep 0.1
+done
+fact "auto_back a=$(binding_of a) b=$(binding_of b) ms=$((($(now_ns) - t0) / 1000000))"
+for vm in a b; do fact "auto_ping_$vm $(guest_cmd $vm 60 "/init vf-wait-ping $GBDF 30" | grep '^VFWAIT')"; done
 
 # --- a VF that never comes back (VM b goes first: its VF would go with the count) ---
 "$VFCTL" --vm b shutdown-vmm > /dev/null 2>&1

@@ -212,6 +212,9 @@ pub struct HotplugWatcher {
     errors: std::collections::BTreeMap<u8, EventFd>,
     /// Fires when a live-released device is due to be given up.
     live_timer: TimerFd,
+    /// The kernel's device events: a live-released device comes back when the host binds its
+    /// function to vfio-pci (None: no uevents here; acquire-device still works).
+    uevents: Option<crate::control::uevents::UeventSocket>,
     hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
 }
 
@@ -228,7 +231,11 @@ impl HotplugWatcher {
         hotplug: Arc<Mutex<crate::passthrough::hotplug::Hotplug>>,
     ) -> std::io::Result<Self> {
         let live_timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        let uevents = crate::control::uevents::UeventSocket::open()
+            .map_err(|e| log::info!("no kernel uevents ({e}): live-released devices come back by acquire-device only"))
+            .ok();
         Ok(Self {
+            uevents,
             eject,
             resync,
             dma_done,
@@ -300,6 +307,11 @@ impl MutEventSubscriber for HotplugWatcher {
         if let Err(e) = ops.add(Events::new(&self.live_timer, EventSet::IN)) {
             log::error!("cannot watch the live-release timer: {e:?}");
         }
+        if let Some(u) = &self.uevents {
+            if let Err(e) = ops.add(Events::new(u, EventSet::IN)) {
+                log::warn!("cannot watch kernel uevents: {e:?}");
+            }
+        }
         self.sync(ops);
     }
 
@@ -314,6 +326,15 @@ impl MutEventSubscriber for HotplugWatcher {
             let _ = self.resync.read();
         } else if fd == self.live_timer.as_raw_fd() {
             let _ = self.live_timer.wait();
+        } else if let Some(u) = self.uevents.as_ref().filter(|u| u.as_raw_fd() == fd) {
+            let bound: Vec<String> = u.drain().into_iter().filter(|e| e.is_vfio_bind()).map(|e| e.devpath).collect();
+            if !bound.is_empty() {
+                if let Ok(mut h) = self.hotplug.lock() {
+                    for devpath in bound {
+                        h.on_host_function_bound(&devpath);
+                    }
+                }
+            }
         } else if fd == self.dma_done.as_raw_fd() {
             let _ = self.dma_done.read();
             if let Ok(mut h) = self.hotplug.lock() {

@@ -38,6 +38,9 @@ pub(crate) struct Entry {
     pub(crate) eject_deadline: Option<Instant>,
     /// Live-released: when it gives up waiting for the device to come back.
     pub(crate) live_deadline: Option<Instant>,
+    /// Live-released, its function bound to vfio-pci again but not opened yet: when to try
+    /// again (the host's bind event can come before the function opens through VFIO).
+    pub(crate) live_retry: Option<Instant>,
     /// Order of detachment (for forgetting the oldest detached devices).
     pub(crate) detached_seq: u64,
     /// The host-request eventfd the event loop watches; re-armed on each new binding.
@@ -182,6 +185,7 @@ impl Hotplug {
                 binding: BindingState::Bound,
                 eject_deadline: None,
                 live_deadline: None,
+                live_retry: None,
                 detached_seq: 0,
                 request: kept,
                 host_error,
@@ -411,6 +415,7 @@ impl Hotplug {
                     entry.request = None;
                     entry.host_error = None;
                     entry.live_deadline = None;
+                    entry.live_retry = None;
                     self.detached_count += 1;
                     entry.detached_seq = self.detached_count;
                     let mut timeline = match self.detaching.take() {

@@ -578,3 +578,46 @@ fn a_live_released_device_not_back_in_time_is_given_up_and_a_pause_resolves_it()
     h.resume_devices();
     assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#]);
 }
+
+#[test]
+fn a_live_released_device_comes_back_when_the_host_binds_its_function_to_vfio_pci() {
+    let host = FakeHost::default();
+    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_secs(30), resync);
+    h.attach_at_boot(vec![host_device(VF0, "vf0"), host_device(VF1, "vf1")]).unwrap();
+    host.0.lock().unwrap().enabled.extend([1, 2]);
+    h.live_release("vf1").unwrap();
+    host.take_calls();
+    // Another function bound: nothing happens.
+    h.on_host_function_bound("/devices/pci0000:00/0000:00:01.0/0000:01:10.6");
+    assert!(host.take_calls().is_empty());
+    // Its own (the uevent's DEVPATH is under /sys): re-acquired and running.
+    h.on_host_function_bound(VF1.strip_prefix("/sys").unwrap());
+    assert_eq!(host.take_calls(), [format!("validate {VF1}"), format!("reacquire 2 {VF1}"), "unquiesce 2".into()]);
+    assert_eq!(states(&mut h)[1], r#"vf1="Attached"/"Bound""#);
+    // A bound device is left alone.
+    h.on_host_function_bound(VF0.strip_prefix("/sys").unwrap());
+    assert!(host.take_calls().is_empty());
+}
+
+#[test]
+fn a_function_bound_before_it_opens_is_tried_again_until_it_does() {
+    let host = FakeHost::default();
+    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_secs(30), resync);
+    h.attach_at_boot(vec![host_device(VF0, "vf0")]).unwrap();
+    host.0.lock().unwrap().enabled.insert(1);
+    h.live_release("vf0").unwrap();
+    // The bind event comes, but the function does not open yet.
+    host.0.lock().unwrap().missing.insert(VF0.into());
+    h.on_host_function_bound(VF0.strip_prefix("/sys").unwrap());
+    let retry = h.entries["vf0"].live_retry.expect("a retry is scheduled");
+    assert!(h.next_live_deadline() <= Some(retry), "the event loop's timer wakes for it");
+    assert!(states(&mut h)[0].contains("Released live"));
+    // It opens now; the retry, when due, takes it back.
+    host.0.lock().unwrap().missing.clear();
+    h.entries.get_mut("vf0").unwrap().live_retry = Some(Instant::now());
+    h.service_recoveries();
+    assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#]);
+    assert_eq!(h.entries["vf0"].live_retry, None);
+}

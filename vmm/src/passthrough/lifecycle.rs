@@ -37,6 +37,9 @@ fn entry_error_fd(entry: Option<&crate::passthrough::hotplug::Entry>) -> Option<
 /// reset before its recovery fails; the bound stays below that.
 const LIVE_REACQUIRE_MAX: Duration = Duration::from_secs(55);
 
+/// How soon a live-released device whose function came back, but did not open, is tried again.
+const LIVE_RETRY: Duration = Duration::from_millis(100);
+
 /// How often resume looks for a released device's path while it waits for it.
 const REACQUIRE_POLL: Duration = Duration::from_millis(50);
 
@@ -80,6 +83,7 @@ impl Hotplug {
     /// device woke it.
     pub fn service_recoveries(&mut self) {
         self.give_up_overdue_live_releases(Instant::now());
+        self.retry_auto_acquires(Instant::now());
         let devices: Vec<(u8, String)> = self.live().map(|e| (e.slot, e.host.id.clone())).collect();
         for (slot, id) in devices {
             let done = self.host.service_recovery(slot);
@@ -185,9 +189,60 @@ impl Hotplug {
         Ok(())
     }
 
+    /// The host bound the function at sysfs `devpath` (under /sys) to vfio-pci: a
+    /// live-released device of that path is re-acquired at once, while the VM runs. A failure
+    /// leaves it waiting (the next bind, or acquire-device, tries again).
+    pub fn on_host_function_bound(&mut self, devpath: &str) {
+        let path = std::path::Path::new("/sys").join(devpath.trim_start_matches('/'));
+        let waiting: Vec<String> = self
+            .live()
+            .filter(|e| matches!(e.binding, BindingState::LiveReleased { .. }) && e.host.path == path)
+            .map(|e| e.host.id.clone())
+            .collect();
+        for id in waiting {
+            self.auto_acquire(&id);
+        }
+    }
+
+    /// Re-acquires live-released device `id` whose function is back; on failure, tries again
+    /// shortly (until its bound), as the host's bind event may come before the function opens.
+    fn auto_acquire(&mut self, id: &str) {
+        let result = self.acquire(id, None);
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        match result {
+            Ok(()) => {
+                entry.live_retry = None;
+                log::info!("{id}: {} is bound to vfio-pci again: re-acquired automatically", entry.host.path.display());
+            }
+            Err(e) => {
+                if entry.live_retry.is_none() {
+                    log::info!(
+                        "{id}: {} is back, not re-acquired yet ({}); trying again",
+                        entry.host.path.display(),
+                        e.message
+                    );
+                }
+                entry.live_retry = Some(Instant::now() + LIVE_RETRY);
+            }
+        }
+    }
+
+    /// Live-released devices whose function came back but did not open yet: another try each.
+    fn retry_auto_acquires(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .live()
+            .filter(|e| matches!(e.binding, BindingState::LiveReleased { .. }))
+            .filter(|e| e.live_retry.is_some_and(|t| now >= t))
+            .map(|e| e.host.id.clone())
+            .collect();
+        for id in due {
+            self.auto_acquire(&id);
+        }
+    }
+
     /// When the next live-released device is due to be given up (for the event loop's timer).
     pub fn next_live_deadline(&self) -> Option<Instant> {
-        self.live().filter_map(|e| e.live_deadline).min()
+        self.live().flat_map(|e| [e.live_deadline, e.live_retry]).flatten().min()
     }
 
     /// How long a live-released device may stay away: the re-acquire timeout, kept below
@@ -214,6 +269,7 @@ impl Hotplug {
             }
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.live_deadline = None;
+                entry.live_retry = None;
             }
         }
     }
@@ -284,6 +340,7 @@ impl Hotplug {
         if live {
             if let Some(entry) = self.entries.get_mut(id) {
                 entry.live_deadline = None;
+                entry.live_retry = None;
             }
             log::info!("{id}: re-acquired while the VM runs; the guest's reset of it completes now");
             // The guest's pending reset is done by the VMM thread's device service.

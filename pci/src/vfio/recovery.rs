@@ -261,7 +261,11 @@ impl ErrorRecovery {
         if Some(reg) != self.exp_reg(EXP_DEVCTL) {
             return None;
         }
-        let (value, shift, width) = merge_bytes(offset, data)?;
+        // Not a register access (the bus drops those before they get here): nothing reaches the
+        // device, least of all its Initiate FLR bit.
+        let Some((value, shift, width)) = merge_bytes(offset, data) else {
+            return Some(None);
+        };
         let (value, lanes) = (value << shift, width << shift);
         self.devctl_reporting =
             (self.devctl_reporting & !(lanes & DEVCTL_REPORTING)) | (value & lanes & DEVCTL_REPORTING);

@@ -192,12 +192,19 @@ const VF3: &str = "/sys/bus/pci/devices/0000:01:10.6";
 
 /// A VM with vf0 (slot 1) and vf1 (slot 2) plugged at boot and enabled by the guest.
 fn vm_with_two_vfs() -> (Hotplug, FakeHost) {
+    vm_with(&[(VF0, "vf0"), (VF1, "vf1")], Duration::from_millis(0))
+}
+
+/// A VM booted with `devices` (path, id) in slots 1.., all enabled by the guest, with
+/// `reacquire` as its re-acquire timeout; the calls of the boot are taken.
+fn vm_with(devices: &[(&str, &str)], reacquire: Duration) -> (Hotplug, FakeHost) {
     let host = FakeHost::default();
     let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_millis(0), resync);
-    h.attach_at_boot(vec![host_device(VF0, "vf0"), host_device(VF1, "vf1")]).unwrap();
-    host.0.lock().unwrap().enabled.extend([1, 2]);
-    assert_eq!(host.take_calls(), ["plug vf0 1", "plug vf1 2"]);
+    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), reacquire, resync);
+    h.attach_at_boot(devices.iter().map(|(path, id)| host_device(path, id)).collect()).unwrap();
+    host.0.lock().unwrap().enabled.extend(1..=devices.len() as u8);
+    let plugs: Vec<String> = devices.iter().zip(1..).map(|((_, id), slot)| format!("plug {id} {slot}")).collect();
+    assert_eq!(host.take_calls(), plugs);
     (h, host)
 }
 
@@ -534,12 +541,7 @@ fn host_errors_are_watched_per_device_rearmed_on_reacquire_and_forwarded() {
 
 #[test]
 fn a_live_release_tells_the_guest_and_a_live_acquire_lets_the_device_run_again() {
-    let host = FakeHost::default();
-    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_secs(30), resync);
-    h.attach_at_boot(vec![host_device(VF0, "vf0"), host_device(VF1, "vf1")]).unwrap();
-    host.0.lock().unwrap().enabled.extend([1, 2]);
-    host.take_calls();
+    let (mut h, host) = vm_with(&[(VF0, "vf0"), (VF1, "vf1")], Duration::from_secs(30));
     h.live_release("vf1").unwrap();
     assert_eq!(host.take_calls(), ["quiesce 2", "signal_live 2", "release 2"]);
     assert_eq!(states(&mut h), [r#"vf0="Attached"/"Bound""#, r#"vf1="Attached"/"Released live""#]);
@@ -560,12 +562,8 @@ fn a_live_release_tells_the_guest_and_a_live_acquire_lets_the_device_run_again()
 
 #[test]
 fn a_live_released_device_not_back_in_time_is_given_up_and_a_pause_resolves_it() {
-    let host = FakeHost::default();
-    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     // No time to come back.
-    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_millis(0), resync);
-    h.attach_at_boot(vec![host_device(VF0, "vf0")]).unwrap();
-    host.0.lock().unwrap().enabled.insert(1);
+    let (mut h, _host) = vm_with(&[(VF0, "vf0")], Duration::from_millis(0));
     h.live_release("vf0").unwrap();
     assert!(h.next_live_deadline().is_some());
     h.service_recoveries();
@@ -581,11 +579,7 @@ fn a_live_released_device_not_back_in_time_is_given_up_and_a_pause_resolves_it()
 
 #[test]
 fn a_live_released_device_comes_back_when_the_host_binds_its_function_to_vfio_pci() {
-    let host = FakeHost::default();
-    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_secs(30), resync);
-    h.attach_at_boot(vec![host_device(VF0, "vf0"), host_device(VF1, "vf1")]).unwrap();
-    host.0.lock().unwrap().enabled.extend([1, 2]);
+    let (mut h, host) = vm_with(&[(VF0, "vf0"), (VF1, "vf1")], Duration::from_secs(30));
     h.live_release("vf1").unwrap();
     host.take_calls();
     // Another function bound: nothing happens.
@@ -602,11 +596,7 @@ fn a_live_released_device_comes_back_when_the_host_binds_its_function_to_vfio_pc
 
 #[test]
 fn a_function_bound_before_it_opens_is_tried_again_until_it_does() {
-    let host = FakeHost::default();
-    let resync = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut h = Hotplug::new(Box::new(host.clone()), Duration::from_secs(5), Duration::from_secs(30), resync);
-    h.attach_at_boot(vec![host_device(VF0, "vf0")]).unwrap();
-    host.0.lock().unwrap().enabled.insert(1);
+    let (mut h, host) = vm_with(&[(VF0, "vf0")], Duration::from_secs(30));
     h.live_release("vf0").unwrap();
     // The bind event comes, but the function does not open yet.
     host.0.lock().unwrap().missing.insert(VF0.into());

@@ -5,7 +5,7 @@
 //! and the Root Complex Event Collector has one with the root registers through which its
 //! associated functions' errors reach the guest's AER driver (`crate::rcec`).
 
-use crate::configuration::merge_bytes;
+use crate::configuration::{merge_bytes, merge_writable};
 
 /// Extended capability ids.
 pub const EXT_CAP_ID_AER: u16 = 0x0001;
@@ -141,7 +141,7 @@ impl AerRegisters {
             return;
         };
         let (value, lanes) = (value << shift, width << shift);
-        let rw = |old: u32, writable: u32| (old & !(lanes & writable)) | (value & lanes & writable);
+        let rw = |old: u32, writable: u32| merge_writable(old, offset, data, writable);
         match (reg * 4).wrapping_sub(self.base) {
             UNCOR_STATUS => {
                 self.uncor_status &= !(value & lanes);

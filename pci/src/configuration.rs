@@ -62,12 +62,7 @@ impl PciConfiguration {
         let Some(mask) = self.writable.get(reg).copied() else {
             return;
         };
-        let Some((value, shift, width_mask)) = merge_bytes(offset, data) else {
-            return;
-        };
-        let field_mask = (width_mask << shift) & mask;
-        let reg_value = &mut self.registers[reg];
-        *reg_value = (*reg_value & !field_mask) | ((value << shift) & field_mask);
+        self.registers[reg] = merge_writable(self.registers[reg], offset, data, mask);
     }
 
     /// Sets a register value and its writable mask directly (for device set-up).
@@ -102,6 +97,18 @@ pub fn merge_bytes(offset: u64, data: &[u8]) -> Option<(u32, u32, u32)> {
         return None;
     }
     Some((value, (offset * 8) as u32, width_mask))
+}
+
+/// `old` with a 1, 2 or 4-byte write of `data` at byte `offset` merged in where `writable`
+/// allows; `old` unchanged for an access that is not one register's.
+pub fn merge_writable(old: u32, offset: u64, data: &[u8], writable: u32) -> u32 {
+    match merge_bytes(offset, data) {
+        Some((value, shift, width)) => {
+            let lanes = (width << shift) & writable;
+            (old & !lanes) | ((value << shift) & lanes)
+        }
+        None => old,
+    }
 }
 
 /// Extracts `data.len()` bytes at `offset` from a dword.

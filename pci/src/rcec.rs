@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::aer::{AerRegisters, Severity, EXT_CAP_ID_RCEC_ASSOC};
 use crate::bus::PciDevice;
-use crate::configuration::{merge_bytes, PciConfiguration, PciIdentity, REG_COMMAND_STATUS};
+use crate::configuration::{merge_writable, PciConfiguration, PciIdentity, REG_COMMAND_STATUS};
 use crate::msi::{MsiCapability, MsiState};
 use crate::msix::{MsiMessage, VectorChange};
 use crate::vfio::VmPlatform;
@@ -141,17 +141,6 @@ pub struct Rcec {
     /// Why the last routing attempt failed, if it did.
     routing_error: Option<String>,
     interrupts: u64,
-}
-
-/// `old` with the bytes of a 1/2/4-byte write at `offset` merged in where `writable` allows.
-fn merge(old: u32, offset: u64, data: &[u8], writable: u32) -> u32 {
-    match merge_bytes(offset, data) {
-        Some((value, shift, width)) => {
-            let lanes = (width << shift) & writable;
-            (old & !lanes) | ((value << shift) & lanes)
-        }
-        None => old,
-    }
 }
 
 impl Rcec {
@@ -285,9 +274,11 @@ impl Rcec {
 
     fn pcie_write(&mut self, index: usize, offset: u64, data: &[u8]) {
         match index * 4 {
-            PCIE_DEVCTL => self.devctl = merge(self.devctl, offset, data, DEVCTL_WRITABLE),
-            PCIE_ROOT_CONTROL => self.root_control = merge(self.root_control, offset, data, ROOT_CONTROL_WRITABLE),
-            PCIE_DEVCTL2 => self.devctl2 = merge(self.devctl2, offset, data, DEVCTL2_WRITABLE),
+            PCIE_DEVCTL => self.devctl = merge_writable(self.devctl, offset, data, DEVCTL_WRITABLE),
+            PCIE_ROOT_CONTROL => {
+                self.root_control = merge_writable(self.root_control, offset, data, ROOT_CONTROL_WRITABLE)
+            }
+            PCIE_DEVCTL2 => self.devctl2 = merge_writable(self.devctl2, offset, data, DEVCTL2_WRITABLE),
             // Device Status is write-1-to-clear but always 0; the rest is read-only.
             _ => {}
         }
@@ -300,7 +291,7 @@ impl Rcec {
     }
 
     fn msi_write(&mut self, index: usize, offset: u64, data: &[u8]) {
-        let value = merge(self.msi_read(index), offset, data, u32::MAX);
+        let value = merge_writable(self.msi_read(index), offset, data, u32::MAX);
         let changes = self.msi.write(index, value);
         self.apply(changes);
     }

@@ -298,20 +298,24 @@ impl<A: NvmeAdmin> NvmeVfs<A> {
     /// Whether `count` VFs can be provisioned (a secondary controller each, enough resources):
     /// their share (queues, interrupts). Sends no command that changes anything.
     pub fn check(&self, count: u32) -> Result<(u16, u16), NvmeError> {
+        self.checked(count).map(|(share, _)| share)
+    }
+
+    /// [`check`](Self::check), and the controller state it read.
+    fn checked(&self, count: u32) -> Result<((u16, u16), NvmeDetails), NvmeError> {
         let details = self.details()?;
         for vf_number in 1..=count {
             if !details.secondaries.iter().any(|s| u32::from(s.vf_number) == vf_number) {
                 return Err(NvmeError::NoSecondary { pf: self.pf.clone(), vf_number });
             }
         }
-        share(&self.pf, &details.primary, count)
+        Ok((share(&self.pf, &details.primary, count)?, details))
     }
 
     /// With no VFs enabled: every secondary controller's resources returned to the pool, then
     /// VFs 1..=count given their share.
     pub fn assign(&self, count: u32) -> Result<(), NvmeError> {
-        let (queues, interrupts) = self.check(count)?;
-        let details = self.details()?;
+        let ((queues, interrupts), details) = self.checked(count)?;
         for s in details.secondaries.iter().filter(|s| s.queues > 0 || s.interrupts > 0) {
             self.admin.virt_mgmt(VirtAction::SecondaryAssign, Resource::Queues, s.cntlid, 0)?;
             self.admin.virt_mgmt(VirtAction::SecondaryAssign, Resource::Interrupts, s.cntlid, 0)?;
